@@ -1,0 +1,251 @@
+package alg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ftpalg/ftpalg/rules"
+)
+
+// Proxy accepts control connections, dials the server each one is for and
+// runs a Session per connection. It enforces the session limits and drains
+// sessions on shutdown.
+//
+// Typical usage:
+//
+//	p := &alg.Proxy{Upstream: alg.FixedUpstream(srv), Planner: pl, Backend: b, Log: log}
+//	err := p.Serve(ctx, ln)
+type Proxy struct {
+	// Upstream returns the server to dial for an accepted connection: the
+	// original destination in gateway mode, a fixed server in reverse mode.
+	// Required. Its error is quoted in the 421 reply to the client.
+	Upstream func(c net.Conn) (netip.AddrPort, error)
+	// Dial dials the server. If nil, a net.Dialer with ConnectTimeout.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Transparent says the client dialled the server itself and was
+	// intercepted (gateway mode): the address it dialled is the server's.
+	// Otherwise it dialled the listener (reverse mode).
+	Transparent bool
+	// Planner, Backend and Policy are handed to every Session.
+	Planner Planner
+	Backend rules.Backend
+	Policy  Policy
+	// Log; if nil, slog.Default.
+	Log *slog.Logger
+	// MaxSessions bounds concurrent sessions (0: 1024). MaxPerClient bounds
+	// them per client address (0: 32), so one address cannot starve the
+	// others. A connection over a limit gets a 421 reply and is closed.
+	MaxSessions, MaxPerClient int
+	// ConnectTimeout bounds dialling the server (0: 10s).
+	ConnectTimeout time.Duration
+	// DrainTimeout is how long Serve waits for sessions after ctx ends
+	// before it closes them (0: 10s).
+	DrainTimeout time.Duration
+	// OnPinholeOpen and OnPinholeClose are handed to every Session.
+	OnPinholeOpen  func(p rules.Pinhole)
+	OnPinholeClose func(p rules.Pinhole, reason string)
+
+	mu        sync.Mutex
+	seq       uint64
+	sessions  map[string]*Session
+	perClient map[netip.Addr]int
+	wg        sync.WaitGroup
+}
+
+// FixedUpstream returns an Upstream that always names srv.
+func FixedUpstream(srv netip.AddrPort) func(net.Conn) (netip.AddrPort, error) {
+	return func(net.Conn) (netip.AddrPort, error) { return srv, nil }
+}
+
+func (p *Proxy) log() *slog.Logger {
+	if p.Log != nil {
+		return p.Log
+	}
+	return slog.Default()
+}
+
+// Serve accepts on ln until ctx ends, then stops accepting, lets running
+// sessions finish for DrainTimeout and closes the rest. It returns when
+// every session has ended (and so every pinhole is closed).
+func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
+	if p.Upstream == nil || p.Planner == nil || p.Backend == nil {
+		return errors.New("proxy needs Upstream, Planner and Backend")
+	}
+	p.mu.Lock()
+	p.sessions = make(map[string]*Session)
+	p.perClient = make(map[netip.Addr]int)
+	p.mu.Unlock()
+	sctx, cancelSessions := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSessions()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+
+	var err error
+	for {
+		c, aerr := ln.Accept()
+		if aerr != nil {
+			if ctx.Err() == nil && !errors.Is(aerr, net.ErrClosed) {
+				var ne net.Error
+				if errors.As(aerr, &ne) && ne.Timeout() {
+					continue
+				}
+				err = fmt.Errorf("accepting: %w", aerr)
+			}
+			break
+		}
+		p.accept(sctx, c)
+	}
+	ln.Close()
+
+	drain := p.DrainTimeout
+	if drain <= 0 {
+		drain = 10 * time.Second
+	}
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	if n := p.Sessions(); n > 0 {
+		p.log().Info("draining sessions", "sessions", n, "timeout", drain.String())
+	}
+	select {
+	case <-done:
+	case <-time.After(drain):
+		p.log().Warn("drain timeout: closing sessions", "sessions", p.Sessions())
+		cancelSessions()
+		<-done
+	}
+	return err
+}
+
+// Sessions is the number of running sessions.
+func (p *Proxy) Sessions() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.sessions)
+}
+
+// PinholeUsed routes a conntrack observation to the session that owns the
+// pinhole (IDs are "<session>.p<n>").
+func (p *Proxy) PinholeUsed(id string) {
+	sid := id
+	for i := len(id) - 1; i >= 0; i-- {
+		if id[i] == '.' {
+			sid = id[:i]
+			break
+		}
+	}
+	p.mu.Lock()
+	s := p.sessions[sid]
+	p.mu.Unlock()
+	if s != nil {
+		s.PinholeUsed(id)
+	}
+}
+
+func (p *Proxy) accept(ctx context.Context, c net.Conn) {
+	client := unmap(addrPort(c.RemoteAddr()))
+	maxS, maxC := p.MaxSessions, p.MaxPerClient
+	if maxS <= 0 {
+		maxS = 1024
+	}
+	if maxC <= 0 {
+		maxC = 32
+	}
+	p.mu.Lock()
+	var why string
+	switch {
+	case len(p.sessions) >= maxS:
+		why = fmt.Sprintf("%d sessions running (limit %d)", len(p.sessions), maxS)
+	case p.perClient[client.Addr()] >= maxC:
+		why = fmt.Sprintf("%d sessions from this client (limit %d)", p.perClient[client.Addr()], maxC)
+	}
+	if why != "" {
+		p.mu.Unlock()
+		p.reject(c, client, "limit", why, "421 ftpalg: too many connections; try again later")
+		return
+	}
+	p.seq++
+	id := "s" + strconv.FormatUint(p.seq, 10)
+	p.sessions[id] = nil // reserved; set once the session runs
+	p.perClient[client.Addr()]++
+	p.wg.Add(1)
+	p.mu.Unlock()
+
+	go func() {
+		defer p.wg.Done()
+		defer func() {
+			p.mu.Lock()
+			delete(p.sessions, id)
+			if p.perClient[client.Addr()]--; p.perClient[client.Addr()] <= 0 {
+				delete(p.perClient, client.Addr())
+			}
+			p.mu.Unlock()
+		}()
+		p.run(ctx, id, c, client)
+	}()
+}
+
+func (p *Proxy) reject(c net.Conn, client netip.AddrPort, what, why, reply string) {
+	p.log().Warn("refused", "client", client.String(), "what", what, "why", why, "reply", reply)
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	c.Write([]byte(reply + "\r\n"))
+	c.Close()
+}
+
+func (p *Proxy) run(ctx context.Context, id string, c net.Conn, client netip.AddrPort) {
+	srv, err := p.Upstream(c)
+	if err != nil {
+		p.reject(c, client, "upstream", err.Error(), "421 ftpalg: no server for this connection")
+		return
+	}
+	timeout := p.ConnectTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	dial := p.Dial
+	if dial == nil {
+		d := &net.Dialer{}
+		dial = d.DialContext
+	}
+	u, err := dial(dctx, "tcp", srv.String())
+	if err != nil {
+		p.reject(c, client, "connect", fmt.Sprintf("dialling %s: %v", srv, err),
+			"421 ftpalg: cannot reach the server; try again later")
+		return
+	}
+	dialled := srv
+	if !p.Transparent {
+		dialled = unmap(addrPort(c.LocalAddr()))
+	}
+	ep := Endpoints{
+		Client:   client,
+		Dialled:  dialled,
+		Upstream: unmap(addrPort(u.LocalAddr())),
+		Server:   unmap(addrPort(u.RemoteAddr())),
+	}
+	s := &Session{
+		ID: id, Client: c, Server: u, Endpoints: ep,
+		Planner: p.Planner, Backend: p.Backend, Policy: p.Policy, Log: p.Log,
+		OnPinholeOpen: p.OnPinholeOpen, OnPinholeClose: p.OnPinholeClose,
+	}
+	p.mu.Lock()
+	p.sessions[id] = s
+	p.mu.Unlock()
+	log := p.log().With("session", s.ID, "client", client.String(), "server", ep.Server.String())
+	log.Info("session start", "upstream", ep.Upstream.String())
+	start := time.Now()
+	err = s.Run(ctx)
+	if err != nil {
+		log.Info("session end", "duration", time.Since(start).Round(time.Millisecond).String(), "err", err)
+	} else {
+		log.Info("session end", "duration", time.Since(start).Round(time.Millisecond).String())
+	}
+}

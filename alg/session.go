@@ -1,0 +1,798 @@
+package alg
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ftpalg/ftpalg/alg/ftp"
+	"github.com/ftpalg/ftpalg/rules"
+)
+
+// Session relays one FTP control connection between a client and a server,
+// rewrites the data-channel announcements through its Planner and opens the
+// matching pinholes through its Backend before it forwards them.
+//
+// Typical usage:
+//
+//	s := &alg.Session{ID: "s1", Client: c, Server: u, Planner: p, Backend: b, Log: log}
+//	err := s.Run(ctx)
+//
+// Run owns both conns: it closes them when it returns, and every pinhole the
+// session opened is closed by then.
+type Session struct {
+	// ID names the session in logs and pinhole IDs.
+	ID string
+	// Client and Server are the two control connections.
+	Client, Server net.Conn
+	// Endpoints are the real addresses of the session. If zero, they are
+	// taken from the conns (Dialled = Client.LocalAddr).
+	Endpoints Endpoints
+	// Planner and Backend decide and open pinholes. Both are required.
+	Planner Planner
+	Backend rules.Backend
+	// Policy; if zero, DefaultPolicy.
+	Policy Policy
+	// Log; if nil, slog.Default.
+	Log *slog.Logger
+	// OnPinholeOpen and OnPinholeClose, if set, are called after a pinhole
+	// is opened and after it is closed (reason: "used", "failed", "ttl",
+	// "replaced", "refused", "session end").
+	OnPinholeOpen  func(p rules.Pinhole)
+	OnPinholeClose func(p rules.Pinhole, reason string)
+
+	log *slog.Logger
+	pol Policy
+	ep  Endpoints
+
+	// wmu serialises writes to Client and keeps them in FIFO order: it is
+	// held from the pop of an entry until its reply (and any local replies
+	// queued behind it) are written. Lock order: wmu, then mu.
+	wmu sync.Mutex
+
+	mu      sync.Mutex
+	room    *sync.Cond // signalled when the FIFO shrinks or the session ends
+	fifo    []*entry   // outstanding commands, oldest first
+	cur     *pinhole   // the announced, not yet used pinhole
+	live    map[*pinhole]struct{}
+	nextPH  int
+	ended   bool
+	authRes chan bool // set while an AUTH awaits its reply (AllowTLS only)
+}
+
+// entry is one outstanding command, or a reply ftpalg composed itself that
+// must reach the client after the replies to the commands before it.
+type entry struct {
+	verb  string
+	local []byte
+}
+
+type pinhole struct {
+	p       rules.Pinhole
+	release func()
+	timer   *time.Timer
+	closed  bool
+}
+
+// errEnd ends a session after a refusal that leaves no sane way to go on.
+var errEnd = errors.New("session ended by policy")
+
+// transferVerbs open a data connection.
+var transferVerbs = map[string]bool{
+	"RETR": true, "STOR": true, "STOU": true, "APPE": true,
+	"LIST": true, "NLST": true, "MLSD": true,
+}
+
+func (s *Session) init() error {
+	if s.Client == nil || s.Server == nil || s.Planner == nil || s.Backend == nil {
+		return errors.New("session needs Client, Server, Planner and Backend")
+	}
+	s.pol = s.Policy
+	if s.pol == (Policy{}) {
+		s.pol = DefaultPolicy()
+	}
+	if err := s.pol.Validate(); err != nil {
+		return err
+	}
+	s.ep = s.Endpoints
+	if s.ep == (Endpoints{}) {
+		s.ep = Endpoints{
+			Client:   addrPort(s.Client.RemoteAddr()),
+			Dialled:  addrPort(s.Client.LocalAddr()),
+			Upstream: addrPort(s.Server.LocalAddr()),
+			Server:   addrPort(s.Server.RemoteAddr()),
+		}
+	}
+	s.ep = Endpoints{unmap(s.ep.Client), unmap(s.ep.Dialled), unmap(s.ep.Upstream), unmap(s.ep.Server)}
+	l := s.Log
+	if l == nil {
+		l = slog.Default()
+	}
+	s.log = l.With("session", s.ID, "client", s.ep.Client.String(), "server", s.ep.Server.String())
+	s.room = sync.NewCond(&s.mu)
+	s.live = make(map[*pinhole]struct{})
+	// The server speaks first: its greeting answers the connection itself.
+	s.fifo = []*entry{{verb: ""}}
+	return nil
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+func unmap(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
+}
+
+// Run relays until either side ends, then closes both conns and every
+// pinhole of the session. It returns nil when a peer closed the connection,
+// otherwise the reason the session ended.
+func (s *Session) Run(ctx context.Context) error {
+	if err := s.init(); err != nil {
+		s.Client.Close()
+		s.Server.Close()
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		s.Client.Close()
+		s.Server.Close()
+	})
+	defer stop()
+
+	type result struct {
+		fromClient bool
+		err        error
+	}
+	done := make(chan result, 2)
+	go func() { done <- result{true, s.clientToServer(ctx)} }()
+	go func() { done <- result{false, s.serverToClient(ctx)} }()
+
+	first := <-done
+	secondDone := false
+	if first.err == nil {
+		// A clean end of one direction: pass the end on and let the other
+		// direction drain (QUIT: the server's 221, then its close).
+		if first.fromClient {
+			closeWrite(s.Server)
+		} else {
+			closeWrite(s.Client)
+		}
+		select {
+		case second := <-done:
+			secondDone = true
+			// Errors from our own half-close are expected; only a policy
+			// end still counts.
+			if errors.Is(second.err, errEnd) {
+				first.err = second.err
+			}
+		case <-time.After(s.pol.DrainTimeout):
+		case <-ctx.Done():
+		}
+	}
+	s.Client.Close()
+	s.Server.Close()
+	s.mu.Lock()
+	s.ended = true
+	s.room.Broadcast()
+	s.mu.Unlock()
+	if !secondDone {
+		// Closed conns and the ended flag unblock it; an Open in flight is
+		// bounded by OpenTimeout. Waiting means no pinhole can be opened
+		// after closeAll.
+		<-done
+	}
+	s.closeAll("session end")
+	if errors.Is(first.err, net.ErrClosed) || errors.Is(first.err, io.ErrUnexpectedEOF) {
+		first.err = nil
+	}
+	if errors.Is(first.err, errEnd) {
+		return first.err
+	}
+	if first.err != nil && ctx.Err() == nil {
+		return first.err
+	}
+	return nil
+}
+
+// closeWrite half-closes c when it can, else closes it.
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		if cw.CloseWrite() == nil {
+			return
+		}
+	}
+	c.Close()
+}
+
+// --- client -> server ---
+
+func (s *Session) clientToServer(ctx context.Context) error {
+	lr := ftp.NewLineReader(s.Client, s.pol.MaxLine)
+	syntaxErrs := 0
+	for {
+		line, err := lr.ReadLine()
+		if err != nil {
+			return s.clientReadError(err)
+		}
+		cmd, err := ftp.ParseCommand(line)
+		if err != nil {
+			syntaxErrs++
+			if binary(line) || syntaxErrs >= s.pol.MaxSyntaxErrors {
+				s.refuseEnd("garbage", fmt.Sprintf("not an FTP command: %v", err),
+					"500 ftpalg: not an FTP command; closing the connection")
+				return errEnd
+			}
+			if err := s.refuse(ctx, "syntax", err.Error(), "500 ftpalg: syntax error, not an FTP command"); err != nil {
+				return err
+			}
+			continue
+		}
+		syntaxErrs = 0
+		if err := s.handleCommand(ctx, cmd, line); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *Session) clientReadError(err error) error {
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return nil
+	case errors.Is(err, ftp.ErrLineTooLong):
+		s.refuseEnd("line too long", fmt.Sprintf("command line longer than %d bytes", s.pol.MaxLine),
+			fmt.Sprintf("500 ftpalg: command line too long (limit %d bytes); closing the connection", s.pol.MaxLine))
+		return errEnd
+	case errors.Is(err, ftp.ErrNUL):
+		s.refuseEnd("NUL", "NUL byte in a command line", "500 ftpalg: NUL byte in command; closing the connection")
+		return errEnd
+	}
+	return err
+}
+
+// binary reports whether a line holds bytes no FTP command line has: control
+// characters other than TAB and the line end, outside a leading telnet
+// sequence. A TLS ClientHello or random garbage is binary; "227 Entering"
+// typed by a confused client is not.
+func binary(line []byte) bool {
+	i := 0
+	for i+1 < len(line) && line[i] == 0xff {
+		i += 2
+	}
+	for _, c := range line[i:] {
+		if (c < 0x20 && c != '\t' && c != '\r' && c != '\n') || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Session) handleCommand(ctx context.Context, cmd ftp.Command, line []byte) error {
+	switch cmd.Verb {
+	case "LPRT", "LPSV":
+		return s.refuse(ctx, cmd.Verb, "long address formats (RFC 1639) are not supported",
+			fmt.Sprintf("502 ftpalg: %s not supported; use EPRT/EPSV or PORT/PASV", cmd.Verb))
+	case "AUTH":
+		if !s.pol.AllowTLS {
+			return s.refuse(ctx, "AUTH", "TLS on the control channel is refused by policy (the ALG could not see announcements)",
+				"534 ftpalg: AUTH refused by policy; continue without TLS")
+		}
+		return s.forwardAuth(ctx, cmd, line)
+	case "PORT", "EPRT":
+		out, code, reply, why := s.active(ctx, cmd, line)
+		if reply != "" {
+			return s.refuse(ctx, cmd.Verb, why, code+" ftpalg: "+reply)
+		}
+		return s.forward(ctx, cmd.Verb, out)
+	case "REIN":
+		s.closeCurrent("reinitialised")
+	}
+	return s.forward(ctx, cmd.Verb, line)
+}
+
+// forward queues verb in the FIFO and sends line to the server.
+func (s *Session) forward(ctx context.Context, verb string, line []byte) error {
+	if err := s.push(&entry{verb: verb}); err != nil {
+		return err
+	}
+	if _, err := s.Server.Write(line); err != nil {
+		return fmt.Errorf("writing to server: %w", err)
+	}
+	return nil
+}
+
+// push appends e to the FIFO, waiting while it is full.
+func (s *Session) push(e *entry) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.fifo) >= s.pol.MaxPending && !s.ended {
+		s.room.Wait()
+	}
+	if s.ended {
+		return net.ErrClosed
+	}
+	s.fifo = append(s.fifo, e)
+	return nil
+}
+
+// refuse answers the client with reply (in FIFO order, after the replies
+// to the commands before it) and logs one line. The session goes on.
+func (s *Session) refuse(ctx context.Context, what, why, reply string) error {
+	s.log.Warn("refused", "what", what, "why", why, "reply", reply)
+	b := []byte(reply + "\r\n")
+	// Wait for room first (without wmu, so replies can drain the FIFO).
+	s.mu.Lock()
+	for len(s.fifo) >= s.pol.MaxPending && !s.ended {
+		s.room.Wait()
+	}
+	s.mu.Unlock()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	if len(s.fifo) > 0 {
+		s.fifo = append(s.fifo, &entry{local: b})
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	if _, err := s.Client.Write(b); err != nil {
+		return fmt.Errorf("writing to client: %w", err)
+	}
+	return nil
+}
+
+// refuseEnd answers the client at once (the session is ending, so FIFO
+// order no longer matters) and logs one line.
+func (s *Session) refuseEnd(what, why, reply string) {
+	s.log.Warn("refused", "what", what, "why", why, "reply", reply, "end", true)
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.Client.SetWriteDeadline(time.Now().Add(time.Second))
+	s.Client.Write([]byte(reply + "\r\n"))
+}
+
+// active checks and translates a PORT or EPRT. It returns the line to
+// forward, or a reply code, text and reason for a refusal.
+func (s *Session) active(ctx context.Context, cmd ftp.Command, line []byte) (out []byte, code, reply, why string) {
+	var ap netip.AddrPort
+	var err error
+	kind := PORT
+	if cmd.Verb == "EPRT" {
+		kind = EPRT
+		ap, err = ftp.ParseEPRT(cmd.Arg)
+	} else {
+		ap, err = ftp.ParsePORT(cmd.Arg)
+	}
+	if err != nil {
+		return nil, "501", fmt.Sprintf("malformed %s argument", cmd.Verb), err.Error()
+	}
+	ap = unmap(ap)
+	client := s.ep.Client.Addr()
+	if ap.Addr().IsUnspecified() && ap.Addr().Is4() == client.Is4() {
+		// "EPRT |2|::|port|" (lftp over IPv6) means "my address": the
+		// pinhole targets the real client address either way.
+		ap = netip.AddrPortFrom(client, ap.Port())
+	}
+	if ap.Addr().Is4() != client.Is4() {
+		if kind == EPRT {
+			af := "(1)"
+			if client.Is6() {
+				af = "(2)"
+			}
+			return nil, "522", "network protocol not supported, use " + af,
+				fmt.Sprintf("EPRT address %s is not of the control connection's family", ap.Addr())
+		}
+		return nil, "501", "PORT cannot name an IPv4 address on an IPv6 connection; use EPRT",
+			fmt.Sprintf("PORT address %s on an IPv6 control connection", ap.Addr())
+	}
+	if ap.Addr() != client {
+		return nil, "500", fmt.Sprintf("%s address must be your own (%s); refused", cmd.Verb, client),
+			fmt.Sprintf("bounce: %s names %s, the client is %s", cmd.Verb, ap.Addr(), client)
+	}
+	if ap.Port() < s.pol.MinDataPort {
+		return nil, "504", fmt.Sprintf("data port %d is below %d; refused", ap.Port(), s.pol.MinDataPort),
+			fmt.Sprintf("privileged data port %d", ap.Port())
+	}
+	plan, err := s.openPinhole(ctx, Announcement{Kind: kind, Addr: ap})
+	if err != nil {
+		return nil, "425", "cannot open data connection: " + err.Error(), err.Error()
+	}
+	if plan.Announce == ap {
+		return line, "", "", ""
+	}
+	var arg string
+	if kind == EPRT {
+		arg = ftp.FormatEPRT(plan.Announce)
+	} else {
+		arg, err = ftp.FormatPORT(plan.Announce)
+		if err != nil {
+			s.closeCurrent("refused")
+			return nil, "425", "cannot open data connection: " + err.Error(), err.Error()
+		}
+	}
+	return []byte(cmd.Verb + " " + arg + lineEnd(line)), "", "", ""
+}
+
+func lineEnd(line []byte) string {
+	if bytes.HasSuffix(line, []byte("\r\n")) {
+		return "\r\n"
+	}
+	return "\n"
+}
+
+// forwardAuth forwards an AUTH (only with AllowTLS) and waits for its reply
+// before reading on: after a 234 the client speaks TLS, and the session
+// relays bytes without looking at them.
+func (s *Session) forwardAuth(ctx context.Context, cmd ftp.Command, line []byte) error {
+	res := make(chan bool, 1)
+	s.mu.Lock()
+	s.authRes = res
+	s.mu.Unlock()
+	if err := s.forward(ctx, cmd.Verb, line); err != nil {
+		return err
+	}
+	select {
+	case blind := <-res:
+		if !blind {
+			return nil
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.log.Warn("control channel encrypted: ALG is blind, no pinholes for this session", "what", "AUTH")
+	s.closeCurrent("blind")
+	_, err := io.Copy(s.Server, s.Client)
+	return err
+}
+
+// --- server -> client ---
+
+func (s *Session) serverToClient(ctx context.Context) error {
+	rr := ftp.NewReplyReader(s.Server, s.pol.MaxLine, s.pol.MaxReplyLines)
+	for {
+		r, err := rr.ReadReply()
+		if err != nil {
+			switch {
+			case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+				return nil
+			case errors.Is(err, ftp.ErrLineTooLong), errors.Is(err, ftp.ErrReplyTooLong),
+				errors.Is(err, ftp.ErrNUL), errors.Is(err, ftp.ErrSyntax):
+				s.refuseEnd("server reply", fmt.Sprintf("invalid reply from server: %v", err),
+					"421 ftpalg: the server sent an invalid reply; closing the connection")
+				return errEnd
+			}
+			return err
+		}
+		blind, err := s.handleReply(ctx, r)
+		if err != nil {
+			return err
+		}
+		if blind {
+			_, err := io.Copy(s.Client, s.Server)
+			return err
+		}
+	}
+}
+
+func (s *Session) head() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.fifo) == 0 {
+		return ""
+	}
+	return s.fifo[0].verb
+}
+
+// handleReply forwards one reply, translating it where it answers one of
+// this session's PASV/EPSV. It reports whether the session turned blind
+// (a 234 to AUTH with AllowTLS).
+func (s *Session) handleReply(ctx context.Context, r ftp.Reply) (bool, error) {
+	out := r.Bytes()
+	verb := s.head()
+	final := !r.Preliminary()
+	blind := false
+	switch {
+	case r.Preliminary() && transferVerbs[verb]:
+		s.markUsed()
+	case r.Code == 425 || r.Code == 426:
+		s.closeCurrent("failed")
+		s.closeGrace("failed")
+	case verb == "PASV" && r.Code == 227, verb == "EPSV" && r.Code == 229:
+		out = s.passive(ctx, verb, r)
+	case (verb == "PORT" || verb == "EPRT") && r.Code >= 400:
+		s.closeCurrent("failed")
+	case verb == "REIN" && r.Code == 220:
+		s.closeCurrent("reinitialised")
+	case verb == "FEAT" && r.Code == 211 && !s.pol.AllowTLS:
+		out = stripAuth(r)
+	case verb == "AUTH":
+		s.mu.Lock()
+		res := s.authRes
+		s.authRes = nil
+		s.mu.Unlock()
+		blind = r.Code == 234
+		if res != nil {
+			defer func() { res <- blind }()
+		}
+	}
+
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if _, err := s.Client.Write(out); err != nil {
+		return false, fmt.Errorf("writing to client: %w", err)
+	}
+	if !final {
+		return false, nil
+	}
+	// Pop the answered command, then send the replies ftpalg composed for
+	// the commands that came right after it.
+	var locals [][]byte
+	s.mu.Lock()
+	if len(s.fifo) > 0 {
+		s.fifo = s.fifo[1:]
+	}
+	for len(s.fifo) > 0 && s.fifo[0].local != nil {
+		locals = append(locals, s.fifo[0].local)
+		s.fifo = s.fifo[1:]
+	}
+	s.room.Broadcast()
+	s.mu.Unlock()
+	for _, b := range locals {
+		if _, err := s.Client.Write(b); err != nil {
+			return false, fmt.Errorf("writing to client: %w", err)
+		}
+	}
+	return blind, nil
+}
+
+// passive translates the reply to this session's PASV or EPSV and opens the
+// pinhole before the reply is forwarded. A reply that cannot be honoured is
+// replaced by a 425 to the client.
+func (s *Session) passive(ctx context.Context, verb string, r ftp.Reply) []byte {
+	refuse := func(why, text string) []byte {
+		reply := "425 ftpalg: " + text
+		s.log.Warn("refused", "what", verb+" reply", "why", why, "reply", reply)
+		return []byte(reply + "\r\n")
+	}
+	if r.Multiline() {
+		return refuse("multi-line passive reply", "cannot use a multi-line passive reply")
+	}
+	raw := r.Lines[0]
+	text := r.Text()
+	var a Announcement
+	var start, end int
+	var err error
+	if r.Code == 227 {
+		var ap netip.AddrPort
+		ap, start, end, err = ftp.Find227(text)
+		if err != nil {
+			return refuse(err.Error(), "malformed 227 reply from server")
+		}
+		if !s.ep.Server.Addr().Is4() {
+			return refuse("227 on an IPv6 control connection", "PASV cannot work over IPv6; use EPSV")
+		}
+		a = Announcement{Kind: PASV, Addr: ap}
+	} else {
+		var port uint16
+		port, start, end, err = ftp.Find229(text)
+		if err != nil {
+			return refuse(err.Error(), "malformed 229 reply from server")
+		}
+		a = Announcement{Kind: EPSV, Addr: netip.AddrPortFrom(s.ep.Server.Addr(), port)}
+	}
+	if a.Addr.Port() < s.pol.MinDataPort {
+		return refuse(fmt.Sprintf("privileged data port %d", a.Addr.Port()),
+			fmt.Sprintf("server offered data port %d, below %d; refused", a.Addr.Port(), s.pol.MinDataPort))
+	}
+	plan, err := s.openPinhole(ctx, a)
+	if err != nil {
+		return refuse(err.Error(), "cannot open data connection: "+err.Error())
+	}
+	var repl string
+	if a.Kind == PASV {
+		if plan.Announce == a.Addr {
+			return r.Bytes()
+		}
+		if repl, err = ftp.FormatPORT(plan.Announce); err != nil {
+			s.closeCurrent("refused")
+			return refuse(err.Error(), "cannot translate passive reply")
+		}
+	} else {
+		if plan.Announce.Port() == a.Addr.Port() {
+			return r.Bytes()
+		}
+		d := text[start]
+		repl = fmt.Sprintf("%c%c%c%d%c", d, d, d, plan.Announce.Port(), d)
+	}
+	// raw = "227 " + text + line end: replace only the numbers.
+	var b bytes.Buffer
+	b.Write(raw[:4])
+	b.WriteString(text[:start])
+	b.WriteString(repl)
+	b.WriteString(text[end:])
+	b.Write(raw[4+len(text):])
+	return b.Bytes()
+}
+
+// stripAuth removes the AUTH feature lines from a FEAT reply, so that
+// clients do not try TLS the policy refuses.
+func stripAuth(r ftp.Reply) []byte {
+	if !r.Multiline() {
+		return r.Bytes()
+	}
+	var b bytes.Buffer
+	for i, l := range r.Lines {
+		f := strings.ToUpper(strings.TrimSpace(string(l)))
+		if i > 0 && i < len(r.Lines)-1 && (f == "AUTH" || strings.HasPrefix(f, "AUTH ")) {
+			continue
+		}
+		b.Write(l)
+	}
+	return b.Bytes()
+}
+
+// --- pinholes ---
+
+// openPinhole plans a, checks the plan against the policy invariant, closes
+// the unused previous pinhole and opens the new one.
+func (s *Session) openPinhole(ctx context.Context, a Announcement) (Plan, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.pol.OpenTimeout)
+	defer cancel()
+	plan, err := s.Planner.Plan(ctx, s.ep, a)
+	if err != nil {
+		return Plan{}, err
+	}
+	release := func() {
+		if plan.Release != nil {
+			plan.Release()
+		}
+	}
+	if err := checkPlan(s.ep, a, plan, s.pol.MinDataPort); err != nil {
+		release()
+		s.log.Error("planner broke the pinhole invariant", "err", err)
+		return Plan{}, errors.New("internal error")
+	}
+	s.closeCurrent("replaced")
+	s.mu.Lock()
+	s.nextPH++
+	plan.Pinhole.ID = fmt.Sprintf("%s.p%d", s.ID, s.nextPH)
+	s.mu.Unlock()
+	plan.Pinhole.Session = s.ID
+	plan.Pinhole.TTL = s.pol.PinholeTTL
+	if err := s.Backend.Open(ctx, plan.Pinhole); err != nil {
+		release()
+		s.log.Error("opening pinhole", "pinhole", plan.Pinhole.String(), "err", err)
+		return Plan{}, errors.New("firewall error")
+	}
+	ph := &pinhole{p: plan.Pinhole, release: plan.Release}
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		s.close(ph, "session end")
+		return Plan{}, net.ErrClosed
+	}
+	s.cur = ph
+	s.live[ph] = struct{}{}
+	ph.timer = time.AfterFunc(s.pol.PinholeTTL, func() { s.close(ph, "ttl") })
+	s.mu.Unlock()
+	s.log.Info("pinhole open", "pinhole", ph.p.String(), "kind", a.Kind.String(),
+		"announced", a.Addr.String(), "rewritten", plan.Announce.String())
+	if s.OnPinholeOpen != nil {
+		s.OnPinholeOpen(ph.p)
+	}
+	return plan, nil
+}
+
+// markUsed starts the grace period of the current pinhole: its transfer has
+// begun.
+func (s *Session) markUsed() {
+	s.mu.Lock()
+	ph := s.cur
+	s.cur = nil
+	if ph != nil && !ph.closed {
+		ph.timer.Reset(s.pol.UseGrace)
+	}
+	s.mu.Unlock()
+}
+
+// PinholeUsed tells the session that the data connection of pinhole id was
+// seen (e.g. in conntrack): it is closed at once.
+func (s *Session) PinholeUsed(id string) {
+	s.mu.Lock()
+	var ph *pinhole
+	for p := range s.live {
+		if p.p.ID == id {
+			ph = p
+		}
+	}
+	s.mu.Unlock()
+	if ph != nil {
+		s.close(ph, "used")
+	}
+}
+
+func (s *Session) closeCurrent(reason string) {
+	s.mu.Lock()
+	ph := s.cur
+	s.mu.Unlock()
+	if ph != nil {
+		s.close(ph, reason)
+	}
+}
+
+// closeGrace closes the pinholes whose transfer has begun.
+func (s *Session) closeGrace(reason string) {
+	s.mu.Lock()
+	var list []*pinhole
+	for ph := range s.live {
+		if ph != s.cur {
+			list = append(list, ph)
+		}
+	}
+	s.mu.Unlock()
+	for _, ph := range list {
+		s.close(ph, reason)
+	}
+}
+
+func (s *Session) closeAll(reason string) {
+	s.mu.Lock()
+	list := make([]*pinhole, 0, len(s.live))
+	for ph := range s.live {
+		list = append(list, ph)
+	}
+	s.mu.Unlock()
+	for _, ph := range list {
+		s.close(ph, reason)
+	}
+}
+
+// close closes ph once, whatever calls it first.
+func (s *Session) close(ph *pinhole, reason string) {
+	s.mu.Lock()
+	if ph.closed {
+		s.mu.Unlock()
+		return
+	}
+	ph.closed = true
+	if ph.timer != nil {
+		ph.timer.Stop()
+	}
+	if s.cur == ph {
+		s.cur = nil
+	}
+	delete(s.live, ph)
+	s.mu.Unlock()
+	// Not the session's context: a pinhole must close even when the session
+	// is being cancelled.
+	ctx, cancel := context.WithTimeout(context.Background(), s.pol.OpenTimeout)
+	defer cancel()
+	if err := s.Backend.Close(ctx, ph.p); err != nil {
+		s.log.Error("closing pinhole", "pinhole", ph.p.String(), "reason", reason, "err", err)
+	} else {
+		s.log.Info("pinhole closed", "pinhole", ph.p.ID, "reason", reason)
+	}
+	if ph.release != nil {
+		ph.release()
+	}
+	if s.OnPinholeClose != nil {
+		s.OnPinholeClose(ph.p, reason)
+	}
+}

@@ -1,0 +1,116 @@
+// Package rules opens and closes pinholes: short-lived, narrow firewall openings
+// for one FTP data connection.
+//
+// A Pinhole says who may connect (Src), where to (Dst, as the packet arrives),
+// and optionally how the connection is translated (DNAT to another endpoint,
+// SNAT to another source address). Backends make it live: the iptables backend
+// with rules in chains ftpalg owns, the in-memory Fake for tests; later a
+// userspace relay and nftables.
+//
+// Every Backend method is safe for concurrent use. Open of a pinhole whose ID
+// is already open replaces nothing and returns an error; Close is idempotent:
+// closing a pinhole that is not open (or no longer open) returns nil, since
+// that is the desired state anyway.
+package rules
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Pinhole is one allowed data connection: TCP, first packet (SYN, conntrack
+// state NEW) only, from exactly Src to exactly Dst. Once the connection is
+// established it continues under conntrack; the pinhole itself can go.
+type Pinhole struct {
+	// ID is unique among the live pinholes of one process, e.g. "s12.p3". It
+	// appears in the firewall (rule comments) and in logs.
+	ID string
+	// Session is the ID of the control session the pinhole belongs to.
+	Session string
+	// Src is the only source address allowed to open the connection (any
+	// source port: servers in active mode connect from port 20 or any port).
+	Src netip.Addr
+	// Dst is the destination address and port as the first packet arrives.
+	Dst netip.AddrPort
+	// DNAT, when valid, rewrites the destination to this endpoint.
+	DNAT netip.AddrPort
+	// SNAT, when valid, rewrites the source address to this address (the
+	// source port is kept where possible).
+	SNAT netip.Addr
+	// TTL is how long the pinhole may stay unused. The session enforces it;
+	// backends may use it as a backstop.
+	TTL time.Duration
+}
+
+// Target is where the connection ends up: DNAT when set, else Dst.
+func (p Pinhole) Target() netip.AddrPort {
+	if p.DNAT.IsValid() {
+		return p.DNAT
+	}
+	return p.Dst
+}
+
+// Is6 reports whether the pinhole is an IPv6 one.
+func (p Pinhole) Is6() bool { return p.Dst.Addr().Is6() && !p.Dst.Addr().Is4In6() }
+
+// Validate checks that the pinhole is narrow and consistent: exact addresses
+// of one family, non-zero ports, no unspecified or multicast addresses.
+func (p Pinhole) Validate() error {
+	if p.ID == "" {
+		return errors.New("pinhole without ID")
+	}
+	if !p.Src.IsValid() || !p.Dst.IsValid() {
+		return fmt.Errorf("pinhole %s: source and destination are required", p.ID)
+	}
+	addrs := []netip.Addr{p.Src, p.Dst.Addr()}
+	if p.DNAT.IsValid() {
+		addrs = append(addrs, p.DNAT.Addr())
+		if p.DNAT.Port() == 0 {
+			return fmt.Errorf("pinhole %s: DNAT port 0", p.ID)
+		}
+	}
+	if p.SNAT.IsValid() {
+		addrs = append(addrs, p.SNAT)
+	}
+	six := p.Is6()
+	for _, a := range addrs {
+		if a.Zone() != "" || a.Is4In6() {
+			return fmt.Errorf("pinhole %s: address %s must be plain IPv4 or IPv6", p.ID, a)
+		}
+		if a.Is6() != six {
+			return fmt.Errorf("pinhole %s: mixes IPv4 and IPv6 (%s)", p.ID, a)
+		}
+		if a.IsUnspecified() || a.IsMulticast() {
+			return fmt.Errorf("pinhole %s: address %s is not a single host", p.ID, a)
+		}
+	}
+	if p.Dst.Port() == 0 {
+		return fmt.Errorf("pinhole %s: destination port 0", p.ID)
+	}
+	return nil
+}
+
+func (p Pinhole) String() string {
+	s := fmt.Sprintf("%s tcp %s -> %s", p.ID, p.Src, p.Dst)
+	if p.DNAT.IsValid() {
+		s += " dnat " + p.DNAT.String()
+	}
+	if p.SNAT.IsValid() {
+		s += " snat " + p.SNAT.String()
+	}
+	return s
+}
+
+// Backend makes pinholes live in some data path.
+type Backend interface {
+	// Open makes p live. When it returns nil, a connection matching p is
+	// let through. It must not return before the pinhole is effective.
+	Open(ctx context.Context, p Pinhole) error
+	// Close removes p. It is idempotent: a pinhole that is not open is not
+	// an error. Close does not disturb a connection already established
+	// through p.
+	Close(ctx context.Context, p Pinhole) error
+}
