@@ -2,6 +2,7 @@ package alg
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/ftpalg/ftpalg/alg/ftp"
@@ -83,4 +84,110 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("policy: max syntax errors %d must be positive", p.MaxSyntaxErrors)
 	}
 	return nil
+}
+
+// Refusal is the policy's answer to a line it will not pass: the FTP reply
+// the peer gets and the reason that is logged.
+type Refusal struct {
+	// Reply is the whole reply line without CRLF, e.g.
+	// "500 ftpalg: PORT address must be your own (192.0.2.2); refused".
+	Reply string
+	// Why is the reason for the log, naming the offending values.
+	Why string
+}
+
+func (r *Refusal) Error() string { return r.Why }
+
+func refusal(code, text, why string) *Refusal {
+	return &Refusal{Reply: code + " ftpalg: " + text, Why: why}
+}
+
+// CheckActive parses a client's PORT or EPRT argument and checks it against
+// the policy for a session with endpoints ep: the address must be the
+// client's own real address (an unspecified address stands for it), of the
+// control connection's family, and the port not below MinDataPort.
+func CheckActive(ep Endpoints, pol Policy, verb, arg string) (Announcement, *Refusal) {
+	var ap netip.AddrPort
+	var err error
+	kind := PORT
+	if verb == "EPRT" {
+		kind = EPRT
+		ap, err = ftp.ParseEPRT(arg)
+	} else {
+		ap, err = ftp.ParsePORT(arg)
+	}
+	if err != nil {
+		return Announcement{}, refusal("501", fmt.Sprintf("malformed %s argument", verb), err.Error())
+	}
+	ap = unmap(ap)
+	client := ep.Client.Addr()
+	if ap.Addr().IsUnspecified() && ap.Addr().Is4() == client.Is4() {
+		// "EPRT |2|::|port|" (lftp over IPv6) means "my address": the
+		// pinhole targets the real client address either way.
+		ap = netip.AddrPortFrom(client, ap.Port())
+	}
+	if ap.Addr().Is4() != client.Is4() {
+		if kind == EPRT {
+			af := "(1)"
+			if client.Is6() {
+				af = "(2)"
+			}
+			return Announcement{}, refusal("522", "network protocol not supported, use "+af,
+				fmt.Sprintf("EPRT address %s is not of the control connection's family", ap.Addr()))
+		}
+		return Announcement{}, refusal("501", "PORT cannot name an IPv4 address on an IPv6 connection; use EPRT",
+			fmt.Sprintf("PORT address %s on an IPv6 control connection", ap.Addr()))
+	}
+	if ap.Addr() != client {
+		return Announcement{}, refusal("500", fmt.Sprintf("%s address must be your own (%s); refused", verb, client),
+			fmt.Sprintf("bounce: %s names %s, the client is %s", verb, ap.Addr(), client))
+	}
+	if ap.Port() < pol.MinDataPort {
+		return Announcement{}, refusal("504", fmt.Sprintf("data port %d is below %d; refused", ap.Port(), pol.MinDataPort),
+			fmt.Sprintf("privileged data port %d", ap.Port()))
+	}
+	return Announcement{Kind: kind, Addr: ap}, nil
+}
+
+// CheckPassive parses the server's final reply r to a PASV (227) or EPSV
+// (229) this session forwarded and checks it against the policy. It returns
+// the announcement and the span [start,end) of the numbers in r.Text(), so
+// that a caller can rewrite just them. A refusal's reply is the 425 that
+// replaces the server's reply on the way to the client.
+func CheckPassive(ep Endpoints, pol Policy, r ftp.Reply) (a Announcement, start, end int, ref *Refusal) {
+	verb := "PASV"
+	if r.Code == 229 {
+		verb = "EPSV"
+	}
+	if r.Multiline() {
+		return a, 0, 0, refusal("425", "cannot use a multi-line passive reply", "multi-line "+verb+" reply")
+	}
+	text := r.Text()
+	var err error
+	switch r.Code {
+	case 227:
+		var ap netip.AddrPort
+		ap, start, end, err = ftp.Find227(text)
+		if err != nil {
+			return a, 0, 0, refusal("425", "malformed 227 reply from server", err.Error())
+		}
+		if !ep.Server.Addr().Is4() {
+			return a, 0, 0, refusal("425", "PASV cannot work over IPv6; use EPSV", "227 on an IPv6 control connection")
+		}
+		a = Announcement{Kind: PASV, Addr: ap}
+	case 229:
+		var port uint16
+		port, start, end, err = ftp.Find229(text)
+		if err != nil {
+			return a, 0, 0, refusal("425", "malformed 229 reply from server", err.Error())
+		}
+		a = Announcement{Kind: EPSV, Addr: netip.AddrPortFrom(ep.Server.Addr(), port)}
+	default:
+		return a, 0, 0, refusal("425", "unexpected passive reply", fmt.Sprintf("reply %d is not 227 or 229", r.Code))
+	}
+	if p := a.Addr.Port(); p < pol.MinDataPort {
+		return a, 0, 0, refusal("425", fmt.Sprintf("server offered data port %d, below %d; refused", p, pol.MinDataPort),
+			fmt.Sprintf("privileged data port %d", p))
+	}
+	return a, start, end, nil
 }

@@ -64,6 +64,7 @@ type Session struct {
 	cur     *pinhole   // the announced, not yet used pinhole
 	live    map[*pinhole]struct{}
 	nextPH  int
+	used    *pinhole // the pinhole of the transfer in progress (after its 1xx)
 	ended   bool
 	authRes chan bool // set while an AUTH awaits its reply (AllowTLS only)
 }
@@ -163,14 +164,11 @@ func (s *Session) Run(ctx context.Context) error {
 
 	first := <-done
 	secondDone := false
-	if first.err == nil {
-		// A clean end of one direction: pass the end on and let the other
-		// direction drain (QUIT: the server's 221, then its close).
-		if first.fromClient {
-			closeWrite(s.Server)
-		} else {
-			closeWrite(s.Client)
-		}
+	// When the client ended, the server may still owe replies (the 221 to
+	// QUIT): half-close and let them drain. When the server ended, nothing
+	// more can come for the client.
+	if first.err == nil && first.fromClient {
+		closeWrite(s.Server)
 		select {
 		case second := <-done:
 			secondDone = true
@@ -292,9 +290,9 @@ func (s *Session) handleCommand(ctx context.Context, cmd ftp.Command, line []byt
 		}
 		return s.forwardAuth(ctx, cmd, line)
 	case "PORT", "EPRT":
-		out, code, reply, why := s.active(ctx, cmd, line)
-		if reply != "" {
-			return s.refuse(ctx, cmd.Verb, why, code+" ftpalg: "+reply)
+		out, ref := s.active(ctx, cmd, line)
+		if ref != nil {
+			return s.refuse(ctx, cmd.Verb, ref.Why, ref.Reply)
 		}
 		return s.forward(ctx, cmd.Verb, out)
 	case "REIN":
@@ -368,66 +366,28 @@ func (s *Session) refuseEnd(what, why, reply string) {
 	s.Client.Write([]byte(reply + "\r\n"))
 }
 
-// active checks and translates a PORT or EPRT. It returns the line to
-// forward, or a reply code, text and reason for a refusal.
-func (s *Session) active(ctx context.Context, cmd ftp.Command, line []byte) (out []byte, code, reply, why string) {
-	var ap netip.AddrPort
-	var err error
-	kind := PORT
-	if cmd.Verb == "EPRT" {
-		kind = EPRT
-		ap, err = ftp.ParseEPRT(cmd.Arg)
-	} else {
-		ap, err = ftp.ParsePORT(cmd.Arg)
+// active checks and translates a PORT or EPRT: it returns the line to
+// forward, or the refusal.
+func (s *Session) active(ctx context.Context, cmd ftp.Command, line []byte) ([]byte, *Refusal) {
+	a, ref := CheckActive(s.ep, s.pol, cmd.Verb, cmd.Arg)
+	if ref != nil {
+		return nil, ref
 	}
+	plan, err := s.openPinhole(ctx, a)
 	if err != nil {
-		return nil, "501", fmt.Sprintf("malformed %s argument", cmd.Verb), err.Error()
+		return nil, refusal("425", "cannot open data connection: "+err.Error(), err.Error())
 	}
-	ap = unmap(ap)
-	client := s.ep.Client.Addr()
-	if ap.Addr().IsUnspecified() && ap.Addr().Is4() == client.Is4() {
-		// "EPRT |2|::|port|" (lftp over IPv6) means "my address": the
-		// pinhole targets the real client address either way.
-		ap = netip.AddrPortFrom(client, ap.Port())
-	}
-	if ap.Addr().Is4() != client.Is4() {
-		if kind == EPRT {
-			af := "(1)"
-			if client.Is6() {
-				af = "(2)"
-			}
-			return nil, "522", "network protocol not supported, use " + af,
-				fmt.Sprintf("EPRT address %s is not of the control connection's family", ap.Addr())
-		}
-		return nil, "501", "PORT cannot name an IPv4 address on an IPv6 connection; use EPRT",
-			fmt.Sprintf("PORT address %s on an IPv6 control connection", ap.Addr())
-	}
-	if ap.Addr() != client {
-		return nil, "500", fmt.Sprintf("%s address must be your own (%s); refused", cmd.Verb, client),
-			fmt.Sprintf("bounce: %s names %s, the client is %s", cmd.Verb, ap.Addr(), client)
-	}
-	if ap.Port() < s.pol.MinDataPort {
-		return nil, "504", fmt.Sprintf("data port %d is below %d; refused", ap.Port(), s.pol.MinDataPort),
-			fmt.Sprintf("privileged data port %d", ap.Port())
-	}
-	plan, err := s.openPinhole(ctx, Announcement{Kind: kind, Addr: ap})
-	if err != nil {
-		return nil, "425", "cannot open data connection: " + err.Error(), err.Error()
-	}
-	if plan.Announce == ap {
-		return line, "", "", ""
+	if plan.Announce == a.Addr {
+		return line, nil
 	}
 	var arg string
-	if kind == EPRT {
+	if a.Kind == EPRT {
 		arg = ftp.FormatEPRT(plan.Announce)
-	} else {
-		arg, err = ftp.FormatPORT(plan.Announce)
-		if err != nil {
-			s.closeCurrent("refused")
-			return nil, "425", "cannot open data connection: " + err.Error(), err.Error()
-		}
+	} else if arg, err = ftp.FormatPORT(plan.Announce); err != nil {
+		s.closeCurrent("refused")
+		return nil, refusal("425", "cannot open data connection: "+err.Error(), err.Error())
 	}
-	return []byte(cmd.Verb + " " + arg + lineEnd(line)), "", "", ""
+	return []byte(cmd.Verb + " " + arg + lineEnd(line)), nil
 }
 
 func lineEnd(line []byte) string {
@@ -508,6 +468,9 @@ func (s *Session) handleReply(ctx context.Context, r ftp.Reply) (bool, error) {
 	verb := s.head()
 	final := !r.Preliminary()
 	blind := false
+	if final && transferVerbs[verb] {
+		s.awaitData(ctx)
+	}
 	switch {
 	case r.Preliminary() && transferVerbs[verb]:
 		s.markUsed()
@@ -566,44 +529,19 @@ func (s *Session) handleReply(ctx context.Context, r ftp.Reply) (bool, error) {
 // pinhole before the reply is forwarded. A reply that cannot be honoured is
 // replaced by a 425 to the client.
 func (s *Session) passive(ctx context.Context, verb string, r ftp.Reply) []byte {
-	refuse := func(why, text string) []byte {
-		reply := "425 ftpalg: " + text
-		s.log.Warn("refused", "what", verb+" reply", "why", why, "reply", reply)
-		return []byte(reply + "\r\n")
+	refuse := func(ref *Refusal) []byte {
+		s.log.Warn("refused", "what", verb+" reply", "why", ref.Why, "reply", ref.Reply)
+		return []byte(ref.Reply + "\r\n")
 	}
-	if r.Multiline() {
-		return refuse("multi-line passive reply", "cannot use a multi-line passive reply")
+	a, start, end, ref := CheckPassive(s.ep, s.pol, r)
+	if ref != nil {
+		return refuse(ref)
 	}
 	raw := r.Lines[0]
 	text := r.Text()
-	var a Announcement
-	var start, end int
-	var err error
-	if r.Code == 227 {
-		var ap netip.AddrPort
-		ap, start, end, err = ftp.Find227(text)
-		if err != nil {
-			return refuse(err.Error(), "malformed 227 reply from server")
-		}
-		if !s.ep.Server.Addr().Is4() {
-			return refuse("227 on an IPv6 control connection", "PASV cannot work over IPv6; use EPSV")
-		}
-		a = Announcement{Kind: PASV, Addr: ap}
-	} else {
-		var port uint16
-		port, start, end, err = ftp.Find229(text)
-		if err != nil {
-			return refuse(err.Error(), "malformed 229 reply from server")
-		}
-		a = Announcement{Kind: EPSV, Addr: netip.AddrPortFrom(s.ep.Server.Addr(), port)}
-	}
-	if a.Addr.Port() < s.pol.MinDataPort {
-		return refuse(fmt.Sprintf("privileged data port %d", a.Addr.Port()),
-			fmt.Sprintf("server offered data port %d, below %d; refused", a.Addr.Port(), s.pol.MinDataPort))
-	}
 	plan, err := s.openPinhole(ctx, a)
 	if err != nil {
-		return refuse(err.Error(), "cannot open data connection: "+err.Error())
+		return refuse(refusal("425", "cannot open data connection: "+err.Error(), err.Error()))
 	}
 	var repl string
 	if a.Kind == PASV {
@@ -612,7 +550,7 @@ func (s *Session) passive(ctx context.Context, verb string, r ftp.Reply) []byte 
 		}
 		if repl, err = ftp.FormatPORT(plan.Announce); err != nil {
 			s.closeCurrent("refused")
-			return refuse(err.Error(), "cannot translate passive reply")
+			return refuse(refusal("425", "cannot translate passive reply", err.Error()))
 		}
 	} else {
 		if plan.Announce.Port() == a.Addr.Port() {
@@ -709,7 +647,30 @@ func (s *Session) markUsed() {
 	if ph != nil && !ph.closed {
 		ph.timer.Reset(s.pol.UseGrace)
 	}
+	if ph != nil {
+		s.used = ph
+	}
 	s.mu.Unlock()
+}
+
+// awaitData holds the final reply of a transfer until a backend that
+// carries the data connection itself (the relay) has connected it: a
+// server may finish writing into the relay, and send 226, before the relay
+// reached the client, and clients such as curl then fail.
+func (s *Session) awaitData(ctx context.Context) {
+	s.mu.Lock()
+	ph := s.used
+	s.used = nil
+	s.mu.Unlock()
+	c, ok := s.Backend.(rules.Connector)
+	if ph == nil || !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.pol.OpenTimeout)
+	defer cancel()
+	if err := c.Connected(ctx, ph.p); err != nil {
+		s.log.Warn("data connection not relayed", "pinhole", ph.p.ID, "err", err)
+	}
 }
 
 // PinholeUsed tells the session that the data connection of pinhole id was

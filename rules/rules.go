@@ -114,3 +114,14 @@ type Backend interface {
 	// through p.
 	Close(ctx context.Context, p Pinhole) error
 }
+
+// Connector is implemented by backends that carry the data connection
+// themselves (the relay). A firewall pinhole needs no such wait: the kernel
+// forwards the connection as it comes.
+type Connector interface {
+	// Connected waits until the data connection accepted through p has
+	// reached its target. The Session holds the transfer's final reply
+	// until then, so that a client never sees "226 Transfer complete"
+	// before the data connection the server already finished with.
+	Connected(ctx context.Context, p Pinhole) error
+}

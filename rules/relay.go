@@ -1,0 +1,512 @@
+package rules
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// The relay backend.
+//
+// Without CAP_NET_ADMIN (a sidecar beside an FTP server, an unprivileged
+// user) there is no firewall to open. The relay makes a pinhole live in
+// userspace instead: Open listens on the pinhole's Dst, an address and port
+// of this host, accepts the one expected data connection from Src and
+// relays it to the pinhole's DNAT endpoint, dialling from the SNAT address
+// when one is set. The data passes through the process, but on Linux the
+// copy between the two TCP sockets is done by splice(2), without copying
+// the bytes through userspace.
+
+const (
+	// defaultRelayDialTimeout bounds the dial to the target.
+	defaultRelayDialTimeout = 10 * time.Second
+	// maxRefusalLogs is how many refused connections of one pinhole are
+	// logged one by one; the rest are counted in one line at the end.
+	maxRefusalLogs = 5
+)
+
+// errRelayShutDown is returned by Open after Shutdown.
+var errRelayShutDown = errors.New("relay is shut down")
+
+// RelayConfig configures the relay backend. The zero value is usable.
+type RelayConfig struct {
+	// Log receives pinhole and transfer events. If nil, slog.Default.
+	Log *slog.Logger
+	// DialTimeout bounds the connection to the target. Zero means 10s.
+	DialTimeout time.Duration
+	// Listen opens the listener of a pinhole; network is "tcp4" or
+	// "tcp6", addr the pinhole's Dst. If nil, net.Listen. Listeners that
+	// return *net.TCPConn keep the zero-copy path.
+	Listen func(network, addr string) (net.Listener, error)
+}
+
+// Relay is the Backend that makes pinholes live without any firewall
+// change, for deployments without CAP_NET_ADMIN: Open listens on the
+// pinhole's Dst and relays the one connection from Src to the pinhole's
+// DNAT endpoint (the real peer), bound to the SNAT address when one is set.
+//
+// Typical usage:
+//
+//	r := rules.NewRelay(rules.RelayConfig{Log: log})
+//	defer r.Shutdown(shutdownCtx)
+//	err := r.Open(ctx, p)  // listening on p.Dst when it returns
+//	...
+//	err = r.Close(ctx, p)  // the pinhole goes, a relayed transfer goes on
+//
+// A pinhole is single use: the listener closes when the expected peer has
+// connected, when Close is called, or when p.TTL expires (a backstop; the
+// session enforces the TTL itself). A connection from any other address is
+// closed at once (reset) and logged, and the pinhole keeps waiting for the
+// right peer. As with a firewall pinhole whose flow continues under
+// conntrack, Close does not cut a transfer already relayed, and a
+// connection accepted before Close (even by a hair) is relayed.
+//
+// Every method is safe for concurrent use.
+type Relay struct {
+	log         *slog.Logger
+	dialTimeout time.Duration
+	listen      func(network, addr string) (net.Listener, error)
+
+	// ctx is cancelled when Shutdown stops waiting for the transfers; it
+	// aborts dials in progress.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// wg counts the accept loops and the transfers.
+	wg sync.WaitGroup
+
+	mu        sync.Mutex // guards the fields below; never held while waiting
+	shutDown  bool
+	holes     map[string]*relayHole // pinholes still listening, by ID
+	transfers map[*relayTransfer]struct{}
+	waits     map[string]*relayWait // pinholes whose data connection is not settled yet
+}
+
+// relayWait tells Connected when the data connection of a pinhole reached
+// its target, or will not.
+type relayWait struct {
+	done chan struct{}
+	err  error
+}
+
+// errRelayUnused is Connected's answer for a pinhole closed before its
+// peer connected.
+var errRelayUnused = errors.New("pinhole closed unused")
+
+var _ Connector = (*Relay)(nil)
+
+// Connected waits until the connection accepted on pinhole p has been
+// relayed to its target (nil), the dial failed, or p closed unused. A
+// pinhole the relay does not know (long finished) returns nil at once.
+func (r *Relay) Connected(ctx context.Context, p Pinhole) error {
+	r.mu.Lock()
+	w := r.waits[p.ID]
+	r.mu.Unlock()
+	if w == nil {
+		return nil
+	}
+	select {
+	case <-w.done:
+		return w.err
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the data connection of %v: %w", p, ctx.Err())
+	}
+}
+
+// settle ends the wait of pinhole id with err.
+func (r *Relay) settle(id string, err error) {
+	r.mu.Lock()
+	w := r.waits[id]
+	delete(r.waits, id)
+	r.mu.Unlock()
+	if w != nil {
+		w.err = err
+		close(w.done)
+	}
+}
+
+var _ Backend = (*Relay)(nil)
+
+// relayHole is one pinhole waiting for its connection.
+type relayHole struct {
+	p     Pinhole
+	ln    net.Listener
+	timer *time.Timer   // the TTL backstop; nil without TTL
+	done  chan struct{} // closed when the accept loop has returned
+}
+
+// relayTransfer is one relayed connection, from the accept of the peer
+// until both directions have ended.
+type relayTransfer struct {
+	p    Pinhole
+	peer net.Conn
+
+	mu     sync.Mutex
+	target net.Conn // nil while dialling
+	killed bool     // Shutdown cut the transfer
+}
+
+// NewRelay returns a relay backend. It opens nothing until Open.
+func NewRelay(cfg RelayConfig) *Relay {
+	r := &Relay{
+		log:         cfg.Log,
+		dialTimeout: cfg.DialTimeout,
+		listen:      cfg.Listen,
+		holes:       make(map[string]*relayHole),
+		transfers:   make(map[*relayTransfer]struct{}),
+		waits:       make(map[string]*relayWait),
+	}
+	if r.log == nil {
+		r.log = slog.Default()
+	}
+	if r.dialTimeout <= 0 {
+		r.dialTimeout = defaultRelayDialTimeout
+	}
+	if r.listen == nil {
+		r.listen = net.Listen
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	return r
+}
+
+// Open listens on p.Dst for the connection from p.Src and relays it to
+// p.DNAT, which must be set (it is the real endpoint). It returns once the
+// listener is bound; a bind failure (port in use, address not local) is an
+// error wrapping the cause.
+func (r *Relay) Open(ctx context.Context, p Pinhole) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("opening pinhole %v: %w", p, err)
+	}
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if !p.DNAT.IsValid() {
+		return fmt.Errorf("opening pinhole %v: the relay needs a DNAT target", p)
+	}
+	if p.DNAT == p.Dst {
+		return fmt.Errorf("opening pinhole %v: DNAT target is the listening address", p)
+	}
+	network := "tcp4"
+	if p.Is6() {
+		network = "tcp6"
+	}
+
+	// The lock is held across the bind (one quick system call) so that a
+	// duplicate ID or a concurrent Shutdown cannot slip in between.
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.shutDown {
+		return fmt.Errorf("opening pinhole %v: %w", p, errRelayShutDown)
+	}
+	if _, ok := r.holes[p.ID]; ok {
+		return fmt.Errorf("opening pinhole %v: already open", p)
+	}
+	ln, err := r.listen(network, p.Dst.String())
+	if err != nil {
+		return fmt.Errorf("opening pinhole %v: %w", p, err)
+	}
+	h := &relayHole{p: p, ln: ln, done: make(chan struct{})}
+	r.holes[p.ID] = h
+	r.waits[p.ID] = &relayWait{done: make(chan struct{})}
+	if p.TTL > 0 {
+		h.timer = time.AfterFunc(p.TTL, func() {
+			if r.retire(h) {
+				r.log.Info("relay pinhole expired unused", "session", p.Session, "pinhole", p.String(), "ttl", p.TTL)
+			}
+		})
+	}
+	r.wg.Add(1)
+	go r.acceptLoop(h)
+	r.log.Debug("pinhole opened", "session", p.Session, "pinhole", p.String(), "backend", "relay")
+	return nil
+}
+
+// Close closes the listener of p if its connection has not come yet. It
+// is idempotent and does not cut a transfer already relayed through p.
+func (r *Relay) Close(ctx context.Context, p Pinhole) error {
+	r.mu.Lock()
+	h := r.holes[p.ID]
+	r.mu.Unlock()
+	if h == nil || !r.retire(h) {
+		return nil
+	}
+	select {
+	case <-h.done:
+	case <-ctx.Done():
+		return fmt.Errorf("closing pinhole %v: %w", p, ctx.Err())
+	}
+	r.log.Debug("pinhole closed", "session", p.Session, "pinhole", p.String(), "backend", "relay")
+	return nil
+}
+
+// Shutdown closes every listener at once, then waits for the transfers in
+// progress to end. When ctx ends first, it cuts the remaining transfers,
+// waits for their goroutines and returns an error wrapping ctx.Err(). Open
+// fails after Shutdown; calling Shutdown again is harmless.
+func (r *Relay) Shutdown(ctx context.Context) error {
+	r.mu.Lock()
+	r.shutDown = true
+	holes := make([]*relayHole, 0, len(r.holes))
+	for _, h := range r.holes {
+		holes = append(holes, h)
+	}
+	r.mu.Unlock()
+	for _, h := range holes {
+		r.retire(h)
+	}
+
+	done := make(chan struct{})
+	go func() {
+		r.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+
+	r.cancel()
+	r.mu.Lock()
+	cut := make([]*relayTransfer, 0, len(r.transfers))
+	for t := range r.transfers {
+		cut = append(cut, t)
+	}
+	r.mu.Unlock()
+	for _, t := range cut {
+		t.kill()
+	}
+	<-done
+	r.log.Warn("relay shut down, transfers cut", "transfers", len(cut), "err", ctx.Err())
+	return fmt.Errorf("shutting down relay: %d transfers cut: %w", len(cut), ctx.Err())
+}
+
+// Active reports the number of relayed connections in progress (dialling
+// or copying).
+func (r *Relay) Active() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.transfers)
+}
+
+// retire closes the listener of h and forgets h. It reports whether h was
+// still open, so that only one caller logs the reason.
+func (r *Relay) retire(h *relayHole) bool {
+	r.mu.Lock()
+	open := r.holes[h.p.ID] == h
+	if open {
+		delete(r.holes, h.p.ID)
+	}
+	r.mu.Unlock()
+	if h.timer != nil {
+		h.timer.Stop()
+	}
+	h.ln.Close() // a second Close only returns an error
+	return open
+}
+
+// acceptLoop waits for the expected peer of h, refusing any other, and
+// starts the transfer of the first right one.
+func (r *Relay) acceptLoop(h *relayHole) {
+	defer r.wg.Done()
+	defer close(h.done)
+	p := h.p
+	refused := 0
+	defer func() {
+		if refused > maxRefusalLogs {
+			r.log.Warn("relay refused connections", "session", p.Session, "pinhole", p.String(),
+				"refused", refused, "logged", maxRefusalLogs)
+		}
+	}()
+	var backoff time.Duration
+	for {
+		c, err := h.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				r.settle(p.ID, errRelayUnused)
+				return // Close, TTL or Shutdown
+			}
+			// Like net/http: a transient failure (EMFILE, ECONNABORTED)
+			// must not kill the pinhole. Close or the TTL end the wait.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			r.log.Warn("relay accept failed", "session", p.Session, "pinhole", p.String(), "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		from := addrOf(c.RemoteAddr())
+		if from.Addr() != p.Src {
+			refused++
+			if refused <= maxRefusalLogs {
+				r.log.Warn("relay refused connection", "session", p.Session, "pinhole", p.String(),
+					"from", from, "why", "source address is not the expected peer "+p.Src.String())
+			}
+			abort(c)
+			continue
+		}
+		r.retire(h) // single use
+		t := &relayTransfer{p: p, peer: c}
+		if !r.addTransfer(t) {
+			abort(c) // Shutdown came first
+			r.settle(p.ID, errRelayShutDown)
+			return
+		}
+		go r.relay(t)
+		return
+	}
+}
+
+// addTransfer registers t unless the relay is shut down.
+func (r *Relay) addTransfer(t *relayTransfer) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.shutDown {
+		return false
+	}
+	r.transfers[t] = struct{}{}
+	r.wg.Add(1)
+	return true
+}
+
+// relay dials the target of t and copies both directions until both have
+// ended, then logs the transfer.
+func (r *Relay) relay(t *relayTransfer) {
+	defer r.wg.Done()
+	defer func() {
+		r.mu.Lock()
+		delete(r.transfers, t)
+		r.mu.Unlock()
+	}()
+	p := t.p
+	peer := addrOf(t.peer.RemoteAddr())
+	target := p.Target()
+	start := time.Now()
+
+	d := net.Dialer{Timeout: r.dialTimeout}
+	if p.SNAT.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(p.SNAT, 0))
+	}
+	network := "tcp4"
+	if p.Is6() {
+		network = "tcp6"
+	}
+	conn, err := d.DialContext(r.ctx, network, target.String())
+	r.settle(p.ID, err)
+	if err != nil {
+		abort(t.peer)
+		r.log.Warn("relay dial failed", "session", p.Session, "pinhole", p.String(),
+			"peer", peer, "target", target, "err", err)
+		return
+	}
+	if !t.setTarget(conn) {
+		abort(conn) // Shutdown cut the transfer while dialling
+		return
+	}
+
+	// The conns are passed as they are (*net.TCPConn inside net.Conn), so
+	// io.Copy takes the ReaderFrom path: splice(2) on Linux.
+	var up, down copyResult
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go relayCopy(conn, t.peer, &up, &wg)
+	go relayCopy(t.peer, conn, &down, &wg)
+	wg.Wait()
+	t.peer.Close()
+	conn.Close()
+
+	args := []any{"session", p.Session, "pinhole", p.String(), "peer", peer,
+		"source", addrOf(conn.LocalAddr()), "target", target,
+		"bytes_to_target", up.n, "bytes_from_target", down.n,
+		"duration", time.Since(start).Round(time.Microsecond)}
+	if err := firstErr(up.err, down.err); err != nil {
+		args = append(args, "err", err)
+	}
+	r.log.Info("relayed transfer ended", args...)
+}
+
+// setTarget records the dialled connection unless the transfer was cut.
+func (t *relayTransfer) setTarget(c net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.killed {
+		return false
+	}
+	t.target = c
+	return true
+}
+
+// kill cuts the transfer: both connections are reset.
+func (t *relayTransfer) kill() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.killed = true
+	abort(t.peer)
+	if t.target != nil {
+		abort(t.target)
+	}
+}
+
+// copyResult is the outcome of one direction of a transfer.
+type copyResult struct {
+	n   int64
+	err error
+}
+
+// relayCopy copies src to dst until src ends. On a clean end (EOF) it
+// half-closes dst, so that the other direction goes on until it ends too.
+// On an error it resets both connections, which also ends the other
+// direction: an aborted transfer must not look complete to either side.
+func relayCopy(dst, src net.Conn, res *copyResult, wg *sync.WaitGroup) {
+	defer wg.Done()
+	res.n, res.err = io.Copy(dst, src)
+	if res.err != nil {
+		abort(src)
+		abort(dst)
+		return
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	} else {
+		dst.Close()
+	}
+}
+
+// abort closes c, with a reset rather than a FIN for TCP.
+func abort(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// firstErr returns the first error that is not the consequence of an
+// abort by the other direction (a closed connection).
+func firstErr(errs ...error) error {
+	var closed error
+	for _, err := range errs {
+		switch {
+		case err == nil:
+		case errors.Is(err, net.ErrClosed):
+			closed = err
+		default:
+			return err
+		}
+	}
+	return closed
+}
+
+// addrOf returns the address and port of a TCP endpoint, IPv4 unmapped.
+func addrOf(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap = ta.AddrPort()
+	} else if a != nil {
+		ap, _ = netip.ParseAddrPort(a.String())
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

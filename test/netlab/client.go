@@ -1,0 +1,478 @@
+package netlab
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Tool is an FTP client program.
+type Tool string
+
+// The client programs, both from Debian packages.
+const (
+	Curl Tool = "curl"
+	LFTP Tool = "lftp"
+)
+
+// Tools lists every client program.
+var Tools = []Tool{Curl, LFTP}
+
+// Mode is how the data connection is announced: the command the client sends.
+type Mode string
+
+// Data connection modes.
+const (
+	EPSV Mode = "EPSV" // passive, extended (RFC 2428)
+	PASV Mode = "PASV" // passive, IPv4 only
+	PORT Mode = "PORT" // active, IPv4 only
+	EPRT Mode = "EPRT" // active, extended
+)
+
+// Modes lists every mode.
+var Modes = []Mode{EPSV, PASV, PORT, EPRT}
+
+// Passive reports whether the client opens the data connection.
+func (m Mode) Passive() bool { return m == EPSV || m == PASV }
+
+// Op is an FTP operation that uses a data connection.
+type Op string
+
+// Operations.
+const (
+	Retr Op = "RETR" // download a file
+	Stor Op = "STOR" // upload a file
+	List Op = "LIST" // list a directory
+)
+
+// Ops lists every operation.
+var Ops = []Op{Retr, Stor, List}
+
+// Supported reports whether tool can be made to announce the data
+// connection with mode over family f. PASV and PORT carry IPv4 addresses
+// only; curl always uses EPSV/EPRT over IPv6; lftp sends EPRT only over
+// IPv6.
+func Supported(tool Tool, mode Mode, f Family) bool {
+	if f == IPv6 {
+		return mode == EPSV || mode == EPRT
+	}
+	return !(tool == LFTP && mode == EPRT)
+}
+
+// Transfer describes one client run.
+type Transfer struct {
+	Tool Tool
+	Mode Mode
+	Op   Op
+	// Server is the control endpoint the client dials.
+	Server netip.AddrPort
+	// User and Pass log in; an empty User means anonymous.
+	User, Pass string
+	// Remote is the path on the server: the file to RETR, the file to STOR
+	// to, the directory to LIST.
+	Remote string
+	// Local is the file to RETR into or to STOR from. For RETR an empty
+	// Local means a temporary file, removed after hashing.
+	Local string
+	// ActiveAddr is the address the client announces in PORT/EPRT. Empty
+	// means the control connection's local address (curl "-P -").
+	ActiveAddr string
+	// SkipPASVAddress makes the client ignore the address in a 227 reply
+	// and connect to the control connection's peer instead. The default
+	// is to use the announced address, as an ALG must get it right.
+	SkipPASVAddress bool
+	// ConnectTimeout bounds the control and passive data connects
+	// (default 5 s); Timeout bounds the whole run (default 30 s).
+	ConnectTimeout, Timeout time.Duration
+}
+
+// String describes the transfer for test names and logs, e.g.
+// "curl/EPSV/RETR/IPv4".
+func (x Transfer) String() string {
+	f := IPv4
+	if x.Server.Addr().Is6() && !x.Server.Addr().Is4In6() {
+		f = IPv6
+	}
+	return fmt.Sprintf("%s/%s/%s/%s", x.Tool, x.Mode, x.Op, f)
+}
+
+// Result is what a client run produced.
+type Result struct {
+	Transfer Transfer
+	// Err is nil if the client exited 0.
+	Err error
+	// ExitCode is the client's exit status, -1 if it was killed.
+	ExitCode int
+	// Stdout and Stderr are the client's output; Stderr has the protocol
+	// trace (curl -v, lftp debug).
+	Stdout, Stderr string
+	// Bytes is the size of the data: the downloaded file (RETR), the
+	// uploaded file (STOR, when the client succeeded) or the listing (LIST).
+	Bytes int64
+	// SHA256 is the hex SHA-256 of the downloaded file (RETR).
+	SHA256 string
+	// Sent are the command lines the client sent, in order, e.g.
+	// "EPSV", "PORT 192,0,2,2,195,80", "RETR big.bin".
+	Sent []string
+	// Replies are the server's reply lines the client received, in order.
+	Replies []string
+	// Duration is how long the client ran.
+	Duration time.Duration
+}
+
+// SentCommand reports whether the client sent a command with this verb.
+func (r Result) SentCommand(verb string) bool {
+	return slices.ContainsFunc(r.Sent, func(line string) bool {
+		v, _, _ := strings.Cut(line, " ")
+		return strings.EqualFold(v, verb)
+	})
+}
+
+// RepliesWithCode returns the reply lines that start with code (e.g. "227").
+func (r Result) RepliesWithCode(code string) []string {
+	var out []string
+	for _, line := range r.Replies {
+		if strings.HasPrefix(line, code) {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// Summary is a short description of a result for test failure messages.
+func (r Result) Summary() string {
+	return fmt.Sprintf("%v: exit %d, err %v, %d bytes in %v\nsent: %q\nreplies: %q\nstderr:\n%s",
+		r.Transfer, r.ExitCode, r.Err, r.Bytes, r.Duration.Round(time.Millisecond), r.Sent, r.Replies, tail(r.Stderr, 3000))
+}
+
+// RunTransfer runs the transfer's client in ns (normally the topology's
+// client). It never fails the test: everything is in the Result.
+func RunTransfer(ctx context.Context, ns *NS, x Transfer) Result {
+	res := Result{Transfer: x, ExitCode: -1}
+	if x.ConnectTimeout == 0 {
+		x.ConnectTimeout = 5 * time.Second
+	}
+	if x.Timeout == 0 {
+		x.Timeout = 30 * time.Second
+	}
+	res.Transfer = x
+	if !Supported(x.Tool, x.Mode, familyOf(x.Server.Addr())) {
+		res.Err = fmt.Errorf("%v: %s cannot use %s over %s", x, x.Tool, x.Mode, familyOf(x.Server.Addr()))
+		return res
+	}
+	if x.Op == Retr && x.Local == "" {
+		f, err := os.CreateTemp("", fmt.Sprintf("%s%d-retr-*", Prefix, os.Getpid()))
+		if err != nil {
+			res.Err = fmt.Errorf("creating download file: %w", err)
+			return res
+		}
+		f.Close()
+		x.Local = f.Name()
+		res.Transfer.Local = x.Local
+		defer os.Remove(x.Local)
+	}
+	if x.Op == Retr {
+		// A file left from an earlier run must not pass for a download.
+		if err := os.Remove(x.Local); err != nil && !errors.Is(err, os.ErrNotExist) {
+			res.Err = fmt.Errorf("removing old download: %w", err)
+			return res
+		}
+	}
+	var name string
+	var args []string
+	var cleanup func()
+	switch x.Tool {
+	case Curl:
+		name, args = "curl", curlArgs(x)
+	case LFTP:
+		script, err := lftpScript(x)
+		if err != nil {
+			res.Err = err
+			return res
+		}
+		name, args = "lftp", []string{"-f", script}
+		cleanup = func() { os.Remove(script) }
+	default:
+		res.Err = fmt.Errorf("unknown client %q", x.Tool)
+		return res
+	}
+	if cleanup != nil {
+		defer cleanup()
+	}
+	// The context bounds the run a little above the client's own limit.
+	ctx, cancel := context.WithTimeout(ctx, x.Timeout+5*time.Second)
+	defer cancel()
+	cmd := ns.Command(ctx, name, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	res.Duration = time.Since(start)
+	res.Stdout, res.Stderr = stdout.String(), stderr.String()
+	res.Sent, res.Replies = parseTrace(x.Tool, res.Stderr)
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		res.ExitCode = 0
+	case errors.As(err, &exit) && exit.Exited():
+		res.ExitCode = exit.ExitCode()
+		res.Err = fmt.Errorf("%v: %s exited with %d", x, name, res.ExitCode)
+	default:
+		res.Err = fmt.Errorf("%v: running %s: %w", x, name, err)
+	}
+	if ctx.Err() != nil {
+		res.Err = fmt.Errorf("%v: %s killed after %v: %w", x, name, res.Duration.Round(time.Millisecond), ctx.Err())
+	}
+	switch x.Op {
+	case Retr:
+		if n, sum, err := FileSHA256(x.Local); err == nil {
+			res.Bytes, res.SHA256 = n, sum
+		}
+	case Stor:
+		if res.Err == nil {
+			if fi, err := os.Stat(x.Local); err == nil {
+				res.Bytes = fi.Size()
+			}
+		}
+	case List:
+		res.Bytes = int64(len(res.Stdout))
+	}
+	return res
+}
+
+func familyOf(a netip.Addr) Family {
+	if a.Is6() && !a.Is4In6() {
+		return IPv6
+	}
+	return IPv4
+}
+
+// ftpURL returns ftp://host:port/remote with the path escaped. A LIST URL
+// ends in "/".
+func ftpURL(x Transfer, dir bool) string {
+	p := "/" + strings.Trim(x.Remote, "/")
+	if dir && !strings.HasSuffix(p, "/") {
+		p += "/"
+	}
+	return (&url.URL{Scheme: "ftp", Host: x.Server.String(), Path: p}).String()
+}
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()) }
+
+// curlArgs builds the curl command line: -v for the protocol trace on
+// stderr, bounded connect and total time.
+func curlArgs(x Transfer) []string {
+	args := []string{"-sS", "-v", "--connect-timeout", secs(x.ConnectTimeout), "--max-time", secs(x.Timeout)}
+	if x.User != "" {
+		args = append(args, "--user", x.User+":"+x.Pass)
+	}
+	active := x.ActiveAddr
+	if active == "" {
+		active = "-"
+	}
+	switch x.Mode {
+	case EPSV:
+		args = append(args, "--ftp-pasv")
+	case PASV:
+		args = append(args, "--ftp-pasv", "--disable-epsv")
+	case PORT:
+		args = append(args, "--ftp-port", active, "--disable-eprt")
+	case EPRT:
+		args = append(args, "--ftp-port", active)
+	}
+	if x.SkipPASVAddress {
+		args = append(args, "--ftp-skip-pasv-ip")
+	} else {
+		args = append(args, "--no-ftp-skip-pasv-ip")
+	}
+	switch x.Op {
+	case Retr:
+		args = append(args, "--output", x.Local, ftpURL(x, false))
+	case Stor:
+		args = append(args, "--upload-file", x.Local, ftpURL(x, false))
+	case List:
+		args = append(args, ftpURL(x, true))
+	}
+	return args
+}
+
+// lftpScript writes an lftp command file for x and returns its path.
+func lftpScript(x Transfer) (string, error) {
+	onOff := map[bool]string{true: "on", false: "off"}
+	yesNo := map[bool]string{true: "yes", false: "no"}
+	lines := []string{
+		"set cmd:fail-exit yes",
+		"set cmd:interactive no",
+		"set net:max-retries 1",
+		"set net:persist-retries 0",
+		"set net:reconnect-interval-base 1",
+		fmt.Sprintf("set net:timeout %ds", int(math.Ceil(x.ConnectTimeout.Seconds()))),
+		"set ftp:ssl-allow no",
+		"set ftp:passive-mode " + onOff[x.Mode.Passive()],
+		"set ftp:auto-passive-mode no",
+		"set ftp:prefer-epsv " + yesNo[x.Mode == EPSV],
+		"set ftp:fix-pasv-address no",
+		"set ftp:ignore-pasv-address " + yesNo[x.SkipPASVAddress],
+		"set xfer:clobber on",
+	}
+	if x.ActiveAddr != "" {
+		lines = append(lines, "set ftp:port-ipv4 "+lftpQuote(x.ActiveAddr))
+	}
+	lines = append(lines, "debug 5")
+	user := x.User
+	pass := x.Pass
+	if user == "" {
+		user, pass = "anonymous", "ftpalg@example.com"
+	}
+	host := x.Server.Addr().Unmap().String()
+	if familyOf(x.Server.Addr()) == IPv6 {
+		host = "[" + host + "]"
+	}
+	lines = append(lines, fmt.Sprintf("open -u %s ftp://%s:%d", lftpQuote(user+","+pass), host, x.Server.Port()))
+	switch x.Op {
+	case Retr:
+		lines = append(lines, fmt.Sprintf("get %s -o %s", lftpQuote(x.Remote), lftpQuote(x.Local)))
+	case Stor:
+		lines = append(lines, fmt.Sprintf("put %s -o %s", lftpQuote(x.Local), lftpQuote(x.Remote)))
+	case List:
+		lines = append(lines, "ls "+lftpQuote(x.Remote))
+	default:
+		return "", fmt.Errorf("unknown operation %q", x.Op)
+	}
+	lines = append(lines, "bye", "")
+	f, err := os.CreateTemp("", fmt.Sprintf("%s%d-lftp-*.lftp", Prefix, os.Getpid()))
+	if err != nil {
+		return "", fmt.Errorf("creating lftp script: %w", err)
+	}
+	if _, err := f.WriteString(strings.Join(lines, "\n")); err != nil {
+		f.Close()
+		return "", fmt.Errorf("writing lftp script: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return "", fmt.Errorf("writing lftp script: %w", err)
+	}
+	return f.Name(), nil
+}
+
+// lftpQuote quotes s for an lftp command line.
+func lftpQuote(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
+
+// parseTrace extracts the command lines sent and reply lines received from
+// a client's protocol trace: curl -v writes "> CMD" and "< 227 ...", lftp's
+// debug output "---> CMD" and "<--- 227 ...".
+func parseTrace(tool Tool, trace string) (sent, replies []string) {
+	out, in := "> ", "< "
+	if tool == LFTP {
+		out, in = "---> ", "<--- "
+	}
+	sc := bufio.NewScanner(strings.NewReader(trace))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		if rest, ok := strings.CutPrefix(line, out); ok {
+			sent = append(sent, rest)
+		} else if rest, ok := strings.CutPrefix(line, in); ok {
+			replies = append(replies, rest)
+		}
+	}
+	return sent, replies
+}
+
+// Transfer returns a ready Transfer against s over family f: RETR of Big,
+// STOR of a fresh 1 MiB+ file into UploadDir, or LIST of ListDir. Local
+// files live in t.TempDir().
+func (s *Server) Transfer(t testing.TB, tool Tool, mode Mode, op Op, f Family) Transfer {
+	t.Helper()
+	x := Transfer{Tool: tool, Mode: mode, Op: op, Server: s.Addr(f), User: s.User, Pass: s.Pass}
+	tag := fmt.Sprintf("%s-%s-%s", tool, strings.ToLower(string(mode)), strings.ToLower(f.String()))
+	switch op {
+	case Retr:
+		x.Remote = s.Big.Path
+		x.Local = filepath.Join(t.TempDir(), "retr-"+tag+".bin")
+	case Stor:
+		name := s.nextUploadName("stor-" + tag)
+		x.Remote = path.Join(s.UploadDir, name)
+		x.Local = filepath.Join(t.TempDir(), name)
+		h := fnv.New64a()
+		h.Write([]byte(name))
+		if _, err := WriteRandomFile(x.Local, 1<<20+777, h.Sum64()); err != nil {
+			t.Fatal(err)
+		}
+	case List:
+		x.Remote = s.ListDir
+	}
+	return x
+}
+
+// Verify checks that r is a complete, correct transfer against s: the
+// client succeeded, announced the data connection with the requested mode,
+// and RETR got the exact bytes of the file, STOR left the exact bytes of
+// the local file on the server, LIST showed every name of the directory.
+func (s *Server) Verify(r Result) error {
+	x := r.Transfer
+	if r.Err != nil {
+		return fmt.Errorf("transfer failed: %w\n%s", r.Err, r.Summary())
+	}
+	if !r.SentCommand(string(x.Mode)) {
+		return fmt.Errorf("client did not send %s\n%s", x.Mode, r.Summary())
+	}
+	// curl falls back from EPSV to PASV (and EPRT to PORT) when the first
+	// try fails; a transfer that worked only after a fallback does not count.
+	for _, m := range Modes {
+		if m != x.Mode && r.SentCommand(string(m)) {
+			return fmt.Errorf("client sent %s as well as %s (fallback)\n%s", m, x.Mode, r.Summary())
+		}
+	}
+	switch x.Op {
+	case Retr:
+		n, sum, err := FileSHA256(s.LocalPath(x.Remote))
+		if err != nil {
+			return err
+		}
+		if r.Bytes != n || r.SHA256 != sum {
+			return fmt.Errorf("downloaded %d bytes sha256 %s, server has %d bytes sha256 %s\n%s", r.Bytes, r.SHA256, n, sum, r.Summary())
+		}
+	case Stor:
+		wantN, want, err := FileSHA256(x.Local)
+		if err != nil {
+			return err
+		}
+		n, sum, err := FileSHA256(s.LocalPath(x.Remote))
+		if err != nil {
+			return fmt.Errorf("uploaded file: %w\n%s", err, r.Summary())
+		}
+		if n != wantN || sum != want {
+			return fmt.Errorf("server has %d bytes sha256 %s, uploaded %d bytes sha256 %s\n%s", n, sum, wantN, want, r.Summary())
+		}
+	case List:
+		entries, err := os.ReadDir(s.LocalPath(x.Remote))
+		if err != nil {
+			return err
+		}
+		if len(entries) == 0 {
+			return fmt.Errorf("directory %s is empty: nothing to check", x.Remote)
+		}
+		for _, e := range entries {
+			if !strings.Contains(r.Stdout, e.Name()) {
+				return fmt.Errorf("listing lacks %q:\n%s\n%s", e.Name(), r.Stdout, r.Summary())
+			}
+		}
+	}
+	return nil
+}

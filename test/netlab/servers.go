@@ -1,0 +1,556 @@
+package netlab
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// ServerKind names an FTP server implementation.
+type ServerKind string
+
+// The FTP servers the harness runs, both from Debian packages.
+const (
+	// Vsftpd is /usr/sbin/vsftpd (package vsftpd), anonymous login.
+	Vsftpd ServerKind = "vsftpd"
+	// PureFTPd is pure-ftpd (package pure-ftpd, extracted: it conflicts with
+	// vsftpd), login with a user and password checked by pure-authd.
+	PureFTPd ServerKind = "pure-ftpd"
+)
+
+// ServerKinds lists every server kind.
+var ServerKinds = []ServerKind{Vsftpd, PureFTPd}
+
+// Sizes of the generated files.
+const (
+	// BigSize is the size of Server.Big: over 10 MiB and not a round number.
+	BigSize = 10<<20 + 12345
+	// nobody is the uid and gid the servers write uploads as.
+	nobody = 65534
+)
+
+// ServerOptions configures a server.
+type ServerOptions struct {
+	// Port is the control port; 0 means 21.
+	Port int
+	// PasvMin and PasvMax bound the passive data ports; 0 means the kind's
+	// default (vsftpd 40000-40099, pure-ftpd 41000-41099).
+	PasvMin, PasvMax int
+	// AllowForeignDataAddress turns off the server's check that an active
+	// data connection (PORT/EPRT) goes to the control connection's peer
+	// address (vsftpd port_promiscuous=YES, pure-ftpd -w). Behind a
+	// masquerading gateway without an ALG, active mode only works with it.
+	// vsftpd then connects from an ephemeral port: it does not bind port 20
+	// for promiscuous connects (the bind fails with EACCES).
+	AllowForeignDataAddress bool
+	// Loopback makes vsftpd listen on 127.0.0.1 only (a sidecar's private
+	// server, reachable only from its own namespace). IPv4 only.
+	Loopback bool
+}
+
+// File is a file the server serves.
+type File struct {
+	// Path is the path on the server, from the FTP root ("/pub/big.bin").
+	Path string
+	// Size is the file's size in bytes.
+	Size int64
+	// SHA256 is the hex SHA-256 of the content.
+	SHA256 string
+}
+
+// Server is a running FTP server with generated content.
+type Server struct {
+	// Kind is the implementation.
+	Kind ServerKind
+	// NS is the namespace the server runs in.
+	NS *NS
+	// Port is the control port.
+	Port int
+	// PasvMin and PasvMax bound its passive data ports.
+	PasvMin, PasvMax int
+	// User and Pass log in; User "anonymous" for vsftpd.
+	User, Pass string
+	// Root is the FTP root directory on disk.
+	Root string
+	// Big is a file of BigSize bytes, Small a short text file.
+	Big, Small File
+	// ListDir is a directory holding exactly ListNames.
+	ListDir   string
+	ListNames []string
+	// UploadDir is a directory the user may STOR into.
+	UploadDir string
+	// Proc is the server process.
+	Proc *Proc
+
+	uploadSeq int
+	mu        sync.Mutex
+}
+
+// Addr returns the control endpoint of family f: the namespace's address
+// and the control port.
+func (s *Server) Addr(f Family) netip.AddrPort {
+	return netip.AddrPortFrom(s.NS.Addr(f), uint16(s.Port))
+}
+
+// LocalPath returns where the file at FTP path p is on disk.
+func (s *Server) LocalPath(p string) string {
+	return filepath.Join(s.Root, filepath.FromSlash(path.Clean("/"+p)))
+}
+
+// StartServer starts a server of the given kind in ns. See StartVsftpd and
+// StartPureFTPd.
+func StartServer(t testing.TB, ns *NS, kind ServerKind, opts ServerOptions) *Server {
+	t.Helper()
+	switch kind {
+	case Vsftpd:
+		return StartVsftpd(t, ns, opts)
+	case PureFTPd:
+		return StartPureFTPd(t, ns, opts)
+	}
+	t.Fatalf("unknown server kind %q", kind)
+	return nil
+}
+
+// newServer creates the scratch directory (removed in t's cleanup) and the
+// content of a server.
+func newServer(t testing.TB, ns *NS, kind ServerKind, opts ServerOptions, pasvMin, pasvMax int) (*Server, string) {
+	t.Helper()
+	if opts.Port == 0 {
+		opts.Port = 21
+	}
+	if opts.PasvMin == 0 && opts.PasvMax == 0 {
+		opts.PasvMin, opts.PasvMax = pasvMin, pasvMax
+	}
+	// Not t.TempDir(): its parent is 0700 and the servers drop privileges.
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-%s-", Prefix, os.Getpid(), kind))
+	if err != nil {
+		t.Fatalf("creating scratch directory: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("removing %s: %v", dir, err)
+		}
+	})
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatalf("chmod %s: %v", dir, err)
+	}
+	s := &Server{
+		Kind: kind, NS: ns, Port: opts.Port, PasvMin: opts.PasvMin, PasvMax: opts.PasvMax,
+		Root: filepath.Join(dir, "root"), ListDir: "/list", UploadDir: "/upload",
+		ListNames: []string{"alpha.txt", "beta.txt", "gamma.bin"},
+	}
+	if err := s.populate(); err != nil {
+		t.Fatalf("creating content of %s: %v", kind, err)
+	}
+	return s, dir
+}
+
+// populate creates the FTP root: /pub/big.bin, /pub/small.txt, /list/* and
+// the upload directory owned by nobody. Everything else is root's, 0755/0644.
+func (s *Server) populate() error {
+	for _, d := range []string{"pub", "list", "upload"} {
+		if err := os.MkdirAll(filepath.Join(s.Root, d), 0o755); err != nil {
+			return fmt.Errorf("creating directory: %w", err)
+		}
+	}
+	if err := os.Chmod(s.Root, 0o755); err != nil {
+		return fmt.Errorf("chmod root: %w", err)
+	}
+	if err := os.Chown(filepath.Join(s.Root, "upload"), nobody, nobody); err != nil {
+		return fmt.Errorf("chown upload directory: %w", err)
+	}
+	var err error
+	if s.Big, err = writeFile(s.Root, "/pub/big.bin", BigSize, 1); err != nil {
+		return err
+	}
+	small := "ftpalg test file\nsecond line\n"
+	if err := os.WriteFile(s.LocalPath("/pub/small.txt"), []byte(small), 0o644); err != nil {
+		return fmt.Errorf("writing small file: %w", err)
+	}
+	sum := sha256.Sum256([]byte(small))
+	s.Small = File{Path: "/pub/small.txt", Size: int64(len(small)), SHA256: hex.EncodeToString(sum[:])}
+	for i, name := range s.ListNames {
+		if _, err := writeFile(s.Root, path.Join(s.ListDir, name), int64(100*(i+1)), uint64(10+i)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeFile writes size pseudo-random bytes (from seed) to root+p.
+func writeFile(root, p string, size int64, seed uint64) (File, error) {
+	local := filepath.Join(root, filepath.FromSlash(p))
+	sum, err := WriteRandomFile(local, size, seed)
+	if err != nil {
+		return File{}, err
+	}
+	return File{Path: p, Size: size, SHA256: sum}, nil
+}
+
+// WriteRandomFile writes size deterministic pseudo-random bytes made from
+// seed to name (mode 0644) and returns their hex SHA-256.
+func WriteRandomFile(name string, size int64, seed uint64) (string, error) {
+	f, err := os.OpenFile(name, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("creating %s: %w", name, err)
+	}
+	var key [32]byte
+	copy(key[:], strconv.FormatUint(seed, 10))
+	h := sha256.New()
+	w := bufio.NewWriterSize(io.MultiWriter(f, h), 1<<16)
+	if _, err := io.CopyN(w, rand.NewChaCha8(key), size); err != nil {
+		f.Close()
+		return "", fmt.Errorf("writing %s: %w", name, err)
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return "", fmt.Errorf("writing %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return "", fmt.Errorf("closing %s: %w", name, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// FileSHA256 returns the size and hex SHA-256 of a file.
+func FileSHA256(name string) (int64, string, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return 0, "", fmt.Errorf("opening %s: %w", name, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return 0, "", fmt.Errorf("reading %s: %w", name, err)
+	}
+	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// StartVsftpd starts /usr/sbin/vsftpd in ns, one instance listening on the
+// IPv6 wildcard, which also accepts IPv4 (as IPv4-mapped addresses), with
+// anonymous login (no password), downloads, LIST and anonymous uploads into
+// UploadDir, connect_from_port_20 as in Debian's configuration, and short
+// connect/accept timeouts so that a blocked data connection fails fast.
+//
+// vsftpd chroots anonymous users into the home directory of ftp_username.
+// So that nothing changes on the host, the server runs with a copy of
+// /etc/passwd that adds a user for Root, bind-mounted over /etc/passwd in
+// the private mount namespace that `ip netns exec` gives it.
+//
+// Do not use pure-ftpd in active mode in the same namespace: its port-20
+// sockets linger in TIME_WAIT without SO_REUSEADDR, and for a minute
+// vsftpd's bind to port 20 fails ("500 OOPS: vsf_sysutil_bind").
+func StartVsftpd(t testing.TB, ns *NS, opts ServerOptions) *Server {
+	t.Helper()
+	const bin = "/usr/sbin/vsftpd"
+	if _, err := os.Stat(bin); err != nil {
+		Unavailable(t, "vsftpd not installed (%v); run test/install-peers.sh", err)
+	}
+	s, dir := newServer(t, ns, Vsftpd, opts, 40000, 40099)
+	s.User, s.Pass = "anonymous", "ftpalg@example.com"
+	const user = "ftpalg-anon"
+	passwd, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		t.Fatalf("reading /etc/passwd: %v", err)
+	}
+	passwd = fmt.Appendf(passwd, "%s:x:%d:%d:ftpalg test:%s:/usr/sbin/nologin\n", user, nobody, nobody, s.Root)
+	if err := os.WriteFile(filepath.Join(dir, "passwd"), passwd, 0o644); err != nil {
+		t.Fatalf("writing passwd: %v", err)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.Mkdir(empty, 0o755); err != nil {
+		t.Fatalf("creating secure_chroot_dir: %v", err)
+	}
+	yesNo := map[bool]string{true: "YES", false: "NO"}
+	conf := strings.Join([]string{
+		listenConf(opts.Loopback),
+		"listen_port=" + strconv.Itoa(s.Port),
+		"background=NO",
+		"anonymous_enable=YES",
+		"no_anon_password=YES",
+		"ftp_username=" + user,
+		"local_enable=NO",
+		"write_enable=YES",
+		"anon_upload_enable=YES",
+		"anon_mkdir_write_enable=NO",
+		"anon_other_write_enable=NO",
+		"anon_umask=022",
+		"dirlist_enable=YES",
+		"download_enable=YES",
+		"pasv_enable=YES",
+		"pasv_min_port=" + strconv.Itoa(s.PasvMin),
+		"pasv_max_port=" + strconv.Itoa(s.PasvMax),
+		"port_enable=YES",
+		"connect_from_port_20=" + yesNo[!opts.AllowForeignDataAddress],
+		"port_promiscuous=" + yesNo[opts.AllowForeignDataAddress],
+		"pasv_promiscuous=NO",
+		"seccomp_sandbox=NO",
+		"secure_chroot_dir=" + empty,
+		"ssl_enable=NO",
+		"hide_ids=YES",
+		"xferlog_enable=YES",
+		"xferlog_std_format=NO",
+		"log_ftp_protocol=YES",
+		"vsftpd_log_file=" + filepath.Join(dir, "vsftpd.log"),
+		"connect_timeout=5",
+		"accept_timeout=5",
+		"data_connection_timeout=30",
+		"idle_session_timeout=60",
+		"max_per_ip=0",
+		"max_clients=0",
+		"",
+	}, "\n")
+	confPath := filepath.Join(dir, "vsftpd.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		t.Fatalf("writing vsftpd.conf: %v", err)
+	}
+	s.Proc = ns.start(t, "vsftpd", nil, "sh", "-c", `mount --bind "$1" /etc/passwd && exec "$2" "$3"`,
+		"vsftpd", filepath.Join(dir, "passwd"), bin, confPath)
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "vsftpd.log"))
+			t.Logf("vsftpd log:\n%s", tail(string(b), 8192))
+		}
+	})
+	if opts.Loopback {
+		s.waitReadyOn(t, "127.0.0.1")
+	} else {
+		s.waitReady(t)
+	}
+	return s
+}
+
+// listenConf is vsftpd's listener configuration: dual-stack on every
+// address, or IPv4 loopback only.
+func listenConf(loopback bool) string {
+	if loopback {
+		return "listen=YES\nlisten_ipv6=NO\nlisten_address=127.0.0.1"
+	}
+	return "listen=NO\nlisten_ipv6=YES"
+}
+
+// pureFTPdRoots are where EnsurePureFTPd looks for an extracted pure-ftpd,
+// after /usr/sbin/pure-ftpd. FTPALG_PEERS_ROOT overrides the first.
+func pureFTPdRoots() []string {
+	roots := []string{"/opt/ftpservers/root"}
+	if r := os.Getenv("FTPALG_PEERS_ROOT"); r != "" {
+		roots = append([]string{r}, roots...)
+	}
+	return roots
+}
+
+var ensurePure struct {
+	once       sync.Once
+	bin, authd string
+	env        []string
+	err        error
+}
+
+// EnsurePureFTPd finds pure-ftpd and pure-authd: installed in /usr/sbin, or
+// extracted from the Debian package into $FTPALG_PEERS_ROOT or
+// /opt/ftpservers/root (pure-ftpd conflicts with vsftpd, so it is extracted
+// rather than installed). If neither has it, it runs `install-peers.sh
+// --pure-ftpd`, which downloads the packages with apt-get and extracts them.
+// It returns the two programs and the environment (LD_LIBRARY_PATH for an
+// extracted libsodium) to run them with.
+func EnsurePureFTPd() (bin, authd string, env []string, err error) {
+	e := &ensurePure
+	e.once.Do(func() {
+		e.bin, e.authd, e.env, e.err = findPureFTPd()
+		if e.err == nil {
+			return
+		}
+		script, serr := installScript()
+		if serr != nil {
+			e.err = errors.Join(e.err, serr)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if out, rerr := exec.CommandContext(ctx, "sh", script, "--pure-ftpd").CombinedOutput(); rerr != nil {
+			e.err = errors.Join(e.err, fmt.Errorf("running %s --pure-ftpd: %w: %s", script, rerr, tail(string(out), 2048)))
+			return
+		}
+		e.bin, e.authd, e.env, e.err = findPureFTPd()
+	})
+	return e.bin, e.authd, e.env, e.err
+}
+
+func findPureFTPd() (bin, authd string, env []string, err error) {
+	if isExec("/usr/sbin/pure-ftpd") && isExec("/usr/sbin/pure-authd") {
+		return "/usr/sbin/pure-ftpd", "/usr/sbin/pure-authd", nil, nil
+	}
+	for _, root := range pureFTPdRoots() {
+		bin, authd := filepath.Join(root, "usr/sbin/pure-ftpd"), filepath.Join(root, "usr/sbin/pure-authd")
+		if !isExec(bin) || !isExec(authd) {
+			continue
+		}
+		libs, _ := filepath.Glob(filepath.Join(root, "usr/lib/*-linux-gnu"))
+		if len(libs) > 0 {
+			env = []string{"LD_LIBRARY_PATH=" + strings.Join(libs, ":")}
+		}
+		return bin, authd, env, nil
+	}
+	return "", "", nil, fmt.Errorf("pure-ftpd not found in /usr/sbin or %s", strings.Join(pureFTPdRoots(), ", "))
+}
+
+func isExec(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
+// installScript returns the path of test/install-peers.sh, next to this
+// package's source.
+func installScript() (string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", errors.New("locating install-peers.sh: no caller information")
+	}
+	p := filepath.Join(filepath.Dir(file), "..", "install-peers.sh")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("locating install-peers.sh: %w", err)
+	}
+	return p, nil
+}
+
+// StartPureFTPd starts pure-ftpd in ns, listening on both families, with
+// the user "ftpalg" (password "ftpalg-pw") authenticated by pure-authd
+// running a small script, chrooted into Root and writing as nobody. No
+// anonymous login.
+func StartPureFTPd(t testing.TB, ns *NS, opts ServerOptions) *Server {
+	t.Helper()
+	bin, authd, env, err := EnsurePureFTPd()
+	if err != nil {
+		Unavailable(t, "pure-ftpd unavailable: %v", err)
+	}
+	s, dir := newServer(t, ns, PureFTPd, opts, 41000, 41099)
+	s.User, s.Pass = "ftpalg", "ftpalg-pw"
+	script := fmt.Sprintf(`#!/bin/sh
+if [ "$AUTHD_ACCOUNT" = %q ] && [ "$AUTHD_PASSWORD" = %q ]; then
+	printf 'auth_ok:1\nuid:%d\ngid:%d\ndir:%s\nend\n'
+else
+	printf 'auth_ok:-1\nend\n'
+fi
+`, s.User, s.Pass, nobody, nobody, s.Root)
+	scriptPath := filepath.Join(dir, "authd.sh")
+	if err := os.WriteFile(scriptPath, []byte(script), 0o755); err != nil {
+		t.Fatalf("writing pure-authd script: %v", err)
+	}
+	sock := filepath.Join(dir, "authd.sock")
+	ns.StartEnv(t, env, authd, "-s", sock, "-r", scriptPath)
+	if err := waitFor(10*time.Second, func() bool { _, err := os.Stat(sock); return err == nil }); err != nil {
+		t.Fatalf("waiting for pure-authd socket %s: %v", sock, err)
+	}
+	args := []string{
+		"-S", "," + strconv.Itoa(s.Port), // all addresses of both families
+		"-l", "extauth:" + sock,
+		"-E",      // no anonymous login
+		"-A",      // chroot everyone
+		"-H",      // no DNS
+		"-Y", "0", // no TLS
+		"-p", fmt.Sprintf("%d:%d", s.PasvMin, s.PasvMax),
+		"-U", "133:022",
+		"-I", "1", // idle timeout, minutes
+		"-O", "clf:" + filepath.Join(dir, "transfer.log"),
+	}
+	if opts.AllowForeignDataAddress {
+		args = append(args, "-w")
+	}
+	s.Proc = ns.StartEnv(t, env, bin, args...)
+	s.waitReady(t)
+	return s
+}
+
+// waitReady waits until the server answers "220" on both families of
+// loopback, or fails t.
+func (s *Server) waitReady(t testing.TB) {
+	t.Helper()
+	s.waitReadyOn(t, "127.0.0.1", "::1")
+}
+
+// waitReadyOn waits until the server answers "220" on each host, or fails t.
+func (s *Server) waitReadyOn(t testing.TB, hosts ...string) {
+	t.Helper()
+	for _, host := range hosts {
+		addr := net.JoinHostPort(host, strconv.Itoa(s.Port))
+		var last error
+		err := waitFor(10*time.Second, func() bool {
+			if exited, werr := s.Proc.Exited(); exited {
+				last = fmt.Errorf("%s exited: %v", s.Kind, werr)
+				return true
+			}
+			last = s.greet(addr)
+			return last == nil
+		})
+		if err == nil {
+			err = last
+		}
+		if err != nil {
+			t.Fatalf("waiting for %s on %s: %v\n%s", s.Kind, addr, err, tail(s.Proc.Output(), 2048))
+		}
+	}
+}
+
+// greet connects to addr in the server's namespace and reads the greeting.
+func (s *Server) greet(addr string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c, err := s.NS.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("reading greeting: %w", err)
+		}
+		if strings.HasPrefix(line, "220 ") {
+			_, _ = io.WriteString(c, "QUIT\r\n")
+			return nil
+		}
+		if !strings.HasPrefix(line, "220-") {
+			return fmt.Errorf("unexpected greeting %q", line)
+		}
+	}
+}
+
+// waitFor polls cond every 20 ms until it is true or timeout passes.
+func waitFor(timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %v", timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+// nextUploadName returns a fresh file name for an upload.
+func (s *Server) nextUploadName(prefix string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.uploadSeq++
+	return fmt.Sprintf("%s-%d.bin", prefix, s.uploadSeq)
+}
