@@ -49,6 +49,15 @@ type Policy struct {
 	// MaxSyntaxErrors is how many consecutive lines that are not FTP
 	// commands a client may send before the session ends. Default 3.
 	MaxSyntaxErrors int
+	// LoginTimeout ends a session that has not logged in (no 230 reply)
+	// within it: a client that never sends, a server that never answers.
+	// Default 60s.
+	LoginTimeout time.Duration
+	// IdleTimeout ends a session whose control channel carried nothing in
+	// either direction for this long, unless a data transfer of the
+	// session is in progress (its transfer command awaits the final
+	// reply). Default 10m.
+	IdleTimeout time.Duration
 }
 
 // DefaultPolicy returns the secure defaults described on each field.
@@ -64,6 +73,8 @@ func DefaultPolicy() Policy {
 		OpenTimeout:     5 * time.Second,
 		DrainTimeout:    5 * time.Second,
 		MaxSyntaxErrors: 3,
+		LoginTimeout:    60 * time.Second,
+		IdleTimeout:     10 * time.Minute,
 	}
 }
 
@@ -80,6 +91,8 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("policy: pinhole TTL %v must be positive", p.PinholeTTL)
 	case p.UseGrace < 0 || p.OpenTimeout <= 0 || p.DrainTimeout <= 0:
 		return fmt.Errorf("policy: timeouts must be positive")
+	case p.LoginTimeout <= 0 || p.IdleTimeout <= 0:
+		return fmt.Errorf("policy: login and idle timeouts must be positive")
 	case p.MaxSyntaxErrors < 1:
 		return fmt.Errorf("policy: max syntax errors %d must be positive", p.MaxSyntaxErrors)
 	}

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ftpalg/ftpalg/alg/ftp"
@@ -66,6 +67,9 @@ type Session struct {
 	nextPH  int
 	used    *pinhole // the pinhole of the transfer in progress (after its 1xx)
 	ended   bool
+
+	lastActive atomic.Int64 // unix nanoseconds of the last line either way
+	loggedIn   atomic.Bool
 	authRes chan bool // set while an AUTH awaits its reply (AllowTLS only)
 }
 
@@ -159,10 +163,21 @@ func (s *Session) Run(ctx context.Context) error {
 		err        error
 	}
 	done := make(chan result, 2)
+	s.lastActive.Store(time.Now().UnixNano())
 	go func() { done <- result{true, s.clientToServer(ctx)} }()
 	go func() { done <- result{false, s.serverToClient(ctx)} }()
+	timedOut := make(chan error, 1)
+	stopWatch := s.watchTimeouts(timedOut)
+	defer stopWatch()
 
-	first := <-done
+	var first result
+	select {
+	case first = <-done:
+	case err := <-timedOut:
+		// The conns are closed: both directions end at once.
+		first = <-done
+		first.err = err
+	}
 	secondDone := false
 	// When the client ended, the server may still owe replies (the 221 to
 	// QUIT): half-close and let them drain. When the server ended, nothing
@@ -197,13 +212,65 @@ func (s *Session) Run(ctx context.Context) error {
 	if errors.Is(first.err, net.ErrClosed) || errors.Is(first.err, io.ErrUnexpectedEOF) {
 		first.err = nil
 	}
-	if errors.Is(first.err, errEnd) {
+	if errors.Is(first.err, errEnd) || errors.Is(first.err, errTimeout) {
 		return first.err
 	}
 	if first.err != nil && ctx.Err() == nil {
 		return first.err
 	}
 	return nil
+}
+
+// errTimeout ends a session that timed out (login or idle).
+var errTimeout = errors.New("session timed out")
+
+// watchTimeouts enforces LoginTimeout and IdleTimeout: on expiry it answers
+// the client with 421, logs one line, closes both conns and reports on
+// timedOut. It returns the function that stops it.
+func (s *Session) watchTimeouts(timedOut chan<- error) func() {
+	tick := min(s.pol.LoginTimeout, s.pol.IdleTimeout) / 4
+	tick = max(min(tick, time.Second), 10*time.Millisecond)
+	start := time.Now()
+	t := time.NewTicker(tick)
+	stop := make(chan struct{})
+	go func() {
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case now := <-t.C:
+				var what, reply string
+				idle := now.Sub(time.Unix(0, s.lastActive.Load()))
+				switch {
+				case !s.loggedIn.Load() && now.Sub(start) >= s.pol.LoginTimeout:
+					what, reply = "login timeout", fmt.Sprintf("421 ftpalg: not logged in after %v; closing the connection", s.pol.LoginTimeout)
+				case idle >= s.pol.IdleTimeout && !s.transferring():
+					what, reply = "idle timeout", fmt.Sprintf("421 ftpalg: idle for %v; closing the connection", s.pol.IdleTimeout)
+				default:
+					continue
+				}
+				s.refuseEnd(what, fmt.Sprintf("%s after %v", what, now.Sub(start).Round(time.Millisecond)), reply)
+				s.Client.Close()
+				s.Server.Close()
+				timedOut <- errTimeout
+				return
+			}
+		}
+	}()
+	return func() { close(stop) }
+}
+
+// transferring reports whether a transfer command awaits its final reply.
+func (s *Session) transferring() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.fifo {
+		if transferVerbs[e.verb] {
+			return true
+		}
+	}
+	return false
 }
 
 // closeWrite half-closes c when it can, else closes it.
@@ -226,6 +293,7 @@ func (s *Session) clientToServer(ctx context.Context) error {
 		if err != nil {
 			return s.clientReadError(err)
 		}
+		s.lastActive.Store(time.Now().UnixNano())
 		cmd, err := ftp.ParseCommand(line)
 		if err != nil {
 			syntaxErrs++
@@ -439,6 +507,10 @@ func (s *Session) serverToClient(ctx context.Context) error {
 				return errEnd
 			}
 			return err
+		}
+		s.lastActive.Store(time.Now().UnixNano())
+		if r.Code == 230 {
+			s.loggedIn.Store(true)
 		}
 		blind, err := s.handleReply(ctx, r)
 		if err != nil {

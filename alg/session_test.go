@@ -699,3 +699,32 @@ func TestBackendFailureIs425(t *testing.T) {
 		t.Fatal("pool port leaked after a failed open")
 	}
 }
+
+func TestLoginTimeout(t *testing.T) {
+	// A server that never answers: the client is told, the session ends.
+	h := start(t, ep4, withPolicy(func(p *alg.Policy) { p.LoginTimeout = 200 * time.Millisecond }))
+	h.toClient("421 ftpalg: not logged in after 200ms; closing the connection\r\n")
+	if !h.atClient.waitEOF(wait) {
+		t.Fatal("session did not end")
+	}
+	h.wantRefusals("login timeout")
+}
+
+func TestIdleTimeoutSparesTransfers(t *testing.T) {
+	h := start(t, ep4, withPolicy(func(p *alg.Policy) { p.IdleTimeout = 300 * time.Millisecond }))
+	h.greet()
+	h.exchange("USER a\r\n", "230 in\r\n")
+	h.c("RETR big\r\n")
+	h.toServer("RETR big\r\n")
+	h.s("150 here it comes\r\n")
+	h.toClient("150 here it comes\r\n")
+	// A long transfer: the control channel is silent, the session lives.
+	time.Sleep(time.Second)
+	h.s("226 done\r\n")
+	h.toClient("226 done\r\n")
+	h.toClient("421 ftpalg: idle for 300ms; closing the connection\r\n")
+	if !h.atClient.waitEOF(wait) {
+		t.Fatal("idle session did not end")
+	}
+	h.wantRefusals("idle timeout")
+}

@@ -1,0 +1,46 @@
+# ftpalg — build, test, fuzz.
+GO       ?= go
+FUZZTIME ?= 30s
+BIN      := bin/ftpalg
+
+.PHONY: build test unit deps fuzz bench clean demo
+
+build:
+	$(GO) build -o $(BIN) ./cmd/ftpalg
+
+# The whole suite: unit tests, then the end-to-end tests in network
+# namespaces (root; peers are installed first when missing).
+test: deps build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 20m ./...
+
+# The lab: builds ftpalg, installs iproute2 and iptables when missing, and
+# runs `ftpalg lab` (root; no FTP server or client needed). LABFLAGS are
+# passed on, e.g. make demo LABFLAGS="--capture lab.pcap".
+demo: build
+	sh lab/install.sh
+	./$(BIN) lab $(LABFLAGS)
+
+# Unit tests only: no root, no network, seconds.
+unit:
+	$(GO) test -count=1 -short ./alg/... ./nat/... ./rules/... ./conntrack/... ./lab/... ./cmd/...
+
+# Debian packages the end-to-end tests drive (vsftpd, pure-ftpd, curl, lftp,
+# iptables, conntrack). Needs root; does nothing when all are present.
+deps:
+	bash test/install-peers.sh
+
+# Every fuzz target for FUZZTIME (go test allows one target per run).
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,387 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
+
+	"github.com/ftpalg/ftpalg/lab"
+)
+
+// requireLab skips t (fails it under CI=true) unless the lab can run here.
+func requireLab(t *testing.T) {
+	t.Helper()
+	if err := lab.Preflight(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true but %v", err)
+		}
+		t.Skip(err)
+	}
+}
+
+var (
+	labBinOnce sync.Once
+	labBin     string
+	labBinErr  error
+)
+
+// ftpalgBinary builds the ftpalg binary once for the tests that run it.
+func ftpalgBinary(t *testing.T) string {
+	t.Helper()
+	labBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ftpalg-lab-test-")
+		if err != nil {
+			labBinErr = err
+			return
+		}
+		labBin = filepath.Join(dir, "ftpalg")
+		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+		if out, err := exec.Command(goBin, "build", "-o", labBin, ".").CombinedOutput(); err != nil {
+			labBinErr = fmt.Errorf("building ftpalg: %v\n%s", err, out)
+		}
+	})
+	if labBinErr != nil {
+		t.Fatal(labBinErr)
+	}
+	return labBin
+}
+
+// rootFirewall returns the root namespace's iptables and ip6tables rules.
+func rootFirewall(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	for _, prog := range []string{"iptables", "ip6tables"} {
+		for _, table := range []string{"filter", "nat"} {
+			out, err := exec.Command(prog, "-w", "10", "-t", table, "-S").CombinedOutput()
+			fmt.Fprintf(&b, "# %s -t %s (%v)\n%s", prog, table, err, out)
+		}
+	}
+	return b.String()
+}
+
+// labNamespaces returns the namespaces of the lab run by process pid.
+func labNamespaces(t *testing.T, pid int) []string {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		t.Fatalf("ip netns list: %v", err)
+	}
+	var names []string
+	prefix := fmt.Sprintf("%s%d-", lab.Prefix, pid)
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], prefix) {
+			names = append(names, f[0])
+		}
+	}
+	return names
+}
+
+// syncBuffer is a bytes.Buffer that the process's output copier and the
+// test may use at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// removeLab removes what is left of the lab of process pid: the processes
+// in its namespaces, then the namespaces.
+func removeLab(t *testing.T, pid int) {
+	for _, ns := range labNamespaces(t, pid) {
+		out, _ := exec.Command("ip", "netns", "pids", ns).Output()
+		for _, f := range strings.Fields(string(out)) {
+			exec.Command("kill", "-9", f).Run()
+		}
+		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+			t.Errorf("removing %s: %v: %s", ns, err, out)
+		}
+	}
+}
+
+// labRun is one `ftpalg lab` process.
+type labRun struct {
+	cmd    *exec.Cmd
+	stdout syncBuffer
+	stderr syncBuffer
+}
+
+func startLab(t *testing.T, args ...string) *labRun {
+	t.Helper()
+	r := &labRun{cmd: exec.Command(ftpalgBinary(t), append([]string{"lab"}, args...)...)}
+	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if r.cmd.ProcessState == nil {
+			r.cmd.Process.Kill()
+			r.cmd.Wait()
+		}
+		// A test that failed half-way must not leave a network behind.
+		removeLab(t, r.cmd.Process.Pid)
+	})
+	return r
+}
+
+// wait waits for the lab to end and returns its exit code.
+func (r *labRun) wait(t *testing.T) int {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- r.cmd.Wait() }()
+	select {
+	case err := <-done:
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatal(err)
+		}
+		return r.cmd.ProcessState.ExitCode()
+	case <-time.After(2 * time.Minute):
+		r.cmd.Process.Kill()
+		t.Fatalf("the lab did not finish in 2 minutes:\n%s", r.stdout.String())
+		return -1
+	}
+}
+
+// runLab runs `ftpalg lab args` to the end and checks that it passed every
+// step, left nothing behind and did not touch the root namespace's firewall.
+func runLab(t *testing.T, args ...string) string {
+	t.Helper()
+	requireLab(t)
+	before := rootFirewall(t)
+	start := time.Now()
+	r := startLab(t, args...)
+	code := r.wait(t)
+	out := r.stdout.String()
+	if code != 0 {
+		t.Fatalf("ftpalg lab exited %d\nstderr:\n%s\nstdout:\n%s", code, r.stderr.String(), out)
+	}
+	t.Logf("the lab took %v", time.Since(start).Round(100*time.Millisecond))
+	if !strings.Contains(out, "All 11 steps did what they said") || strings.Contains(out, "FAIL") {
+		t.Errorf("the story does not end with every step passed:\n%s", out)
+	}
+	if strings.Contains(out, "\x1b") {
+		t.Error("colour escapes in output that is not a terminal")
+	}
+	if left := labNamespaces(t, r.cmd.Process.Pid); len(left) > 0 {
+		t.Errorf("namespaces left behind: %v", left)
+	}
+	if after := rootFirewall(t); after != before {
+		t.Errorf("the root namespace's firewall changed\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	return out
+}
+
+func TestLabEndToEnd(t *testing.T) {
+	out := runLab(t)
+	for _, want := range []string{
+		"-- Step 1/11: without ftpalg, passive (PASV), IPv4",
+		"the firewall dropped it",
+		"500 Illegal PORT command.",
+		"PASV announces 192.0.2.2:",                           // reverse: the private address...
+		"client got  227 Entering Passive Mode (203,0,113,1,", // ...becomes the public one
+		"server got  PORT 203,0,113,1,",                       // gateway: the client's private address is gone
+		"iptables -S, while the pinhole is open:",
+		"ip6tables -S, while the pinhole is open:",
+		"sha256 matches the server's file",
+		"closed (used: its data connection appeared in conntrack); none of its rules is left",
+		"Removed the lab network",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the story lacks %q", want)
+		}
+	}
+}
+
+func TestLabCapture(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "lab.pcap")
+	out := runLab(t, "--capture", file, "--size", "65536")
+	if !strings.Contains(out, "Wrote ") || !strings.Contains(out, file) {
+		t.Errorf("the story does not mention the capture:\n%s", out)
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rd, err := pcapgo.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rd.LinkType() != layers.LinkTypeEthernet {
+		t.Fatalf("link type %v", rd.LinkType())
+	}
+	// Both sides of the gateway are in the file: the client's own address
+	// inside, its masqueraded one outside, and the FTP control channel.
+	sources := map[netip.Addr]int{}
+	var packets int
+	var sawPASV bool
+	for {
+		data, _, err := rd.ReadPacketData()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("reading packet %d: %v", packets, err)
+		}
+		packets++
+		p := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.Default)
+		if ip, ok := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok {
+			if a, ok := netip.AddrFromSlice(ip.SrcIP); ok {
+				sources[a]++
+			}
+		}
+		if app := p.ApplicationLayer(); app != nil && bytes.Contains(app.Payload(), []byte("227 Entering Passive Mode (203,0,113,1,")) {
+			sawPASV = true
+		}
+	}
+	t.Logf("%d packets; IPv4 sources %v", packets, sources)
+	for _, a := range []string{"192.0.2.2", "203.0.113.1", "203.0.113.2"} {
+		if sources[netip.MustParseAddr(a)] == 0 {
+			t.Errorf("no packet from %s in the capture", a)
+		}
+	}
+	if !sawPASV {
+		t.Error("the capture lacks ftpalg's rewritten 227 reply")
+	}
+	if !strings.Contains(out, fmt.Sprintf("Wrote %d packets", packets)) {
+		t.Errorf("the story names another packet count than the file's %d", packets)
+	}
+}
+
+func TestLabKeepAndClean(t *testing.T) {
+	requireLab(t)
+	r := startLab(t, "--keep", "--size", "65536")
+	if code := r.wait(t); code != 0 {
+		t.Fatalf("ftpalg lab --keep exited %d\n%s\n%s", code, r.stderr.String(), r.stdout.String())
+	}
+	pid := r.cmd.Process.Pid
+	kept := labNamespaces(t, pid)
+	if len(kept) != 3 {
+		t.Fatalf("after --keep: namespaces %v, want client, gw and server", kept)
+	}
+	out := r.stdout.String()
+	gw := fmt.Sprintf("%s%d-gw", lab.Prefix, pid)
+	for _, want := range []string{"ip netns exec " + gw + " iptables -S", "lab --clean"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the --keep help lacks %q:\n%s", want, out)
+		}
+	}
+	// The kept network is usable: cabled for gateway mode, strict firewall.
+	fw, err := exec.Command("ip", "netns", "exec", gw, "iptables", "-S").CombinedOutput()
+	if err != nil || !strings.Contains(string(fw), "-P FORWARD DROP") || strings.Contains(string(fw), "FTPALG") {
+		t.Errorf("kept gateway firewall (%v):\n%s", err, fw)
+	}
+	client := fmt.Sprintf("%s%d-client", lab.Prefix, pid)
+	if addrs, err := exec.Command("ip", "-n", client, "addr", "show", "eth0").CombinedOutput(); err != nil ||
+		!strings.Contains(string(addrs), "192.0.2.2/24") {
+		t.Errorf("the kept client is not cabled inside (%v):\n%s", err, addrs)
+	}
+	clean, err := exec.Command(ftpalgBinary(t), "lab", "--clean").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ftpalg lab --clean: %v\n%s", err, clean)
+	}
+	if !strings.Contains(string(clean), "removed "+gw) {
+		t.Errorf("--clean output:\n%s", clean)
+	}
+	if left := labNamespaces(t, pid); len(left) > 0 {
+		t.Errorf("namespaces left after --clean: %v", left)
+	}
+}
+
+func TestLabInterrupted(t *testing.T) {
+	requireLab(t)
+	r := startLab(t)
+	// Interrupt in the middle of act 2, while ftpalg runs.
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(r.stdout.String(), "-- Step 4/11") {
+		if time.Now().After(deadline) {
+			t.Fatalf("step 4 did not start:\n%s", r.stdout.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pid := r.cmd.Process.Pid
+	if err := r.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if code := r.wait(t); code == 0 {
+		t.Errorf("an interrupted lab exited 0")
+	}
+	if !strings.Contains(r.stderr.String(), "interrupted") || !strings.Contains(r.stdout.String(), "Removed the lab network") {
+		t.Errorf("stdout:\n%s\nstderr:\n%s", r.stdout.String(), r.stderr.String())
+	}
+	if left := labNamespaces(t, pid); len(left) > 0 {
+		t.Errorf("namespaces left after Ctrl-C: %v", left)
+	}
+}
+
+func TestLabFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"extra"},
+		{"--clean", "--keep"},
+		{"--color", "sometimes"},
+		{"--size", "0"},
+	} {
+		var stderr bytes.Buffer
+		if code := mainErr(append([]string{"lab"}, args...), io.Discard, &stderr); code != 2 {
+			t.Errorf("ftpalg lab %v: exit %d, want 2 (usage)\n%s", args, code, stderr.String())
+		}
+	}
+}
+
+func TestColorOn(t *testing.T) {
+	t.Setenv("NO_COLOR", "")
+	t.Setenv("TERM", "xterm")
+	var buf bytes.Buffer
+	for _, c := range []struct {
+		mode string
+		w    io.Writer
+		want bool
+	}{
+		{"always", &buf, true},
+		{"never", &buf, false},
+		{"auto", &buf, false}, // not a file
+		{"auto", os.Stderr, isTerminal(os.Stderr)},
+	} {
+		if got, err := colorOn(c.mode, c.w); err != nil || got != c.want {
+			t.Errorf("colorOn(%q, %T) = %v, %v; want %v", c.mode, c.w, got, err, c.want)
+		}
+	}
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if isTerminal(f) {
+		t.Error("/dev/null is a terminal")
+	}
+	t.Setenv("NO_COLOR", "1")
+	if got, _ := colorOn("auto", os.Stdout); got {
+		t.Error("NO_COLOR set, but colour is on")
+	}
+}

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/ftpalg/ftpalg/rules"
+)
+
+func init() {
+	register("rules", "list|flush the firewall rules ftpalg owns", rulesCmd)
+}
+
+func rulesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) != 1 || (args[0] != "list" && args[0] != "flush") {
+		return usagef("usage: ftpalg rules list|flush")
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg := rules.IPTablesConfig{Log: log}
+	if args[0] == "flush" {
+		if err := rules.Flush(ctx, cfg); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "ftpalg rules removed")
+		return nil
+	}
+	t, err := rules.NewIPTables(cfg)
+	if err != nil {
+		return err
+	}
+	list, err := t.Rules(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range list {
+		fmt.Fprintln(stdout, r)
+	}
+	return nil
+}

@@ -1,0 +1,408 @@
+package conntrack
+
+import (
+	"container/list"
+	"net/netip"
+	"sync"
+	"time"
+
+	ct "github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultMaxFlows is the number of used pinholes' flows a Watcher tracks at
+// most when Config.MaxFlows is zero.
+const DefaultMaxFlows = 65536
+
+// snapshot is what one conntrack message says about a TCP connection.
+type snapshot struct {
+	id          uint32
+	zone        uint16
+	orig, reply Tuple
+	// start and stop are the kernel's timestamps; zero unless
+	// nf_conntrack_timestamp is on (and only in DESTROY events and dumps).
+	start, stop time.Time
+	// state is conntrack's TCP state (enum tcp_conntrack), 0 if the
+	// message did not carry it.
+	state uint8
+	// counted: the message carried accounting (nf_conntrack_acct).
+	counted                  bool
+	origPackets, origBytes   uint64
+	replyPackets, replyBytes uint64
+}
+
+// snapshotOf converts a decoded conntrack flow. It reports false for anything
+// but a TCP flow with complete tuples.
+func snapshotOf(f *ct.Flow) (snapshot, bool) {
+	o, r := f.TupleOrig, f.TupleReply
+	if o.Proto.Protocol != unix.IPPROTO_TCP || !o.IP.SourceAddress.IsValid() || !o.IP.DestinationAddress.IsValid() ||
+		!r.IP.SourceAddress.IsValid() || !r.IP.DestinationAddress.IsValid() {
+		return snapshot{}, false
+	}
+	s := snapshot{
+		id:   f.ID,
+		zone: f.Zone,
+		orig: Tuple{
+			Src: netip.AddrPortFrom(o.IP.SourceAddress.Unmap(), o.Proto.SourcePort),
+			Dst: netip.AddrPortFrom(o.IP.DestinationAddress.Unmap(), o.Proto.DestinationPort),
+		},
+		reply: Tuple{
+			Src: netip.AddrPortFrom(r.IP.SourceAddress.Unmap(), r.Proto.SourcePort),
+			Dst: netip.AddrPortFrom(r.IP.DestinationAddress.Unmap(), r.Proto.DestinationPort),
+		},
+		start: f.Timestamp.Start,
+		stop:  f.Timestamp.Stop,
+		// The original direction always carries at least the first packet,
+		// so a zero packet count means the kernel did not count.
+		counted:      f.CountersOrig.Packets != 0,
+		origPackets:  f.CountersOrig.Packets,
+		origBytes:    f.CountersOrig.Bytes,
+		replyPackets: f.CountersReply.Packets,
+		replyBytes:   f.CountersReply.Bytes,
+	}
+	if f.ProtoInfo.TCP != nil {
+		s.state = f.ProtoInfo.TCP.State
+	}
+	return s, true
+}
+
+// flowKey identifies a live conntrack entry: its original tuple is unique
+// within a zone.
+type flowKey struct {
+	zone uint16
+	orig Tuple
+}
+
+func (s snapshot) key() flowKey { return flowKey{zone: s.zone, orig: s.orig} }
+
+// expectation is a registered Match waiting for its first flow.
+type expectation struct {
+	id    string
+	match Match
+	seq   uint64 // registration order, oldest wins among equal matches
+}
+
+// tracked is a flow that used a pinhole, waiting for its end.
+type tracked struct {
+	key  flowKey
+	id   string
+	flow Flow
+	// closed is when conntrack was seen closing the connection (TIME_WAIT
+	// or CLOSE) while its counters could not be read; the DESTROY event
+	// then completes the end. Zero while open.
+	closed time.Time
+	reset  bool // closed by CLOSE (a reset)
+}
+
+// use is a pinhole's first flow, to report through OnUse.
+type use struct {
+	id   string
+	flow Flow
+}
+
+// end is a tracked flow's end, to report through OnEnd.
+type end struct {
+	id  string
+	end FlowEnd
+}
+
+// tracker is the pure core of a Watcher: expectations and tracked flows,
+// fed with snapshots and the time they were seen. It is safe for concurrent
+// use; callbacks are left to the caller, outside the lock.
+type tracker struct {
+	mu      sync.Mutex
+	max     int
+	seq     uint64
+	expects map[string]*expectation
+	// byDst indexes expects by Match.Dst: a NEW event costs one map lookup.
+	byDst map[netip.AddrPort][]*expectation
+	flows map[flowKey]*list.Element // of *tracked
+	order *list.List                // of *tracked, oldest first
+	// ids counts the tracked flows by conntrack id, and inflight the NEW
+	// events that the event reader admitted and the dispatcher has not
+	// handled yet: together they name every flow that an UPDATE or DESTROY
+	// event the reader receives can concern (see admit).
+	ids      map[uint32]int
+	inflight map[uint32]int
+}
+
+func newTracker(maxFlows int) *tracker {
+	if maxFlows <= 0 {
+		maxFlows = DefaultMaxFlows
+	}
+	return &tracker{
+		max:      maxFlows,
+		expects:  make(map[string]*expectation),
+		byDst:    make(map[netip.AddrPort][]*expectation),
+		flows:    make(map[flowKey]*list.Element),
+		order:    list.New(),
+		ids:      make(map[uint32]int),
+		inflight: make(map[uint32]int),
+	}
+}
+
+// expect registers (or replaces) the expectation id. m must be normalized.
+func (t *tracker) expect(id string, m Match) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.removeExpectLocked(id)
+	t.seq++
+	e := &expectation{id: id, match: m, seq: t.seq}
+	t.expects[id] = e
+	t.byDst[m.Dst] = append(t.byDst[m.Dst], e)
+}
+
+// forget drops the expectation id; it reports whether it was pending.
+func (t *tracker) forget(id string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.removeExpectLocked(id)
+}
+
+func (t *tracker) removeExpectLocked(id string) bool {
+	e, ok := t.expects[id]
+	if !ok {
+		return false
+	}
+	delete(t.expects, id)
+	same := t.byDst[e.match.Dst]
+	for i, x := range same {
+		if x == e {
+			same = append(same[:i:i], same[i+1:]...)
+			break
+		}
+	}
+	if len(same) == 0 {
+		delete(t.byDst, e.match.Dst)
+	} else {
+		t.byDst[e.match.Dst] = same
+	}
+	return true
+}
+
+// admit tells the event reader whether an event can matter, before it is
+// decoded: a NEW event only if a pending expectation matches its addresses
+// (expectations are registered before their flow starts, so one added later
+// would not match anyway), an UPDATE or DESTROY event only if its flow is
+// tracked or its admitted NEW event is still queued. A NEW event admitted
+// with an id must be settled once dispatched or dropped.
+func (t *tracker) admit(p peeked) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p.kind != eventNew {
+		return !p.hasID || t.ids[p.id] > 0 || t.inflight[p.id] > 0
+	}
+	for _, e := range t.byDst[p.dst] {
+		if e.match.Src == p.src {
+			if p.hasID {
+				t.inflight[p.id]++
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// settle records that an admitted NEW event was handled.
+func (t *tracker) settle(p peeked) {
+	if p.kind != eventNew || !p.hasID {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.inflight[p.id]--; t.inflight[p.id] <= 0 {
+		delete(t.inflight, p.id)
+	}
+}
+
+// observeNew handles a new flow seen at now. When it matches an expectation
+// the expectation is consumed, the flow tracked, and the use returned;
+// evicted lists flows dropped to stay within the cap.
+func (t *tracker) observeNew(s snapshot, now time.Time) (u use, evicted []tracked, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.observeNewLocked(s, now)
+}
+
+func (t *tracker) observeNewLocked(s snapshot, now time.Time) (u use, evicted []tracked, ok bool) {
+	k := s.key()
+	if _, dup := t.flows[k]; dup {
+		return use{}, nil, false
+	}
+	var best *expectation
+	for _, e := range t.byDst[s.orig.Dst] {
+		if e.match.matches(s.orig) && (best == nil || e.seq < best.seq) {
+			best = e
+		}
+	}
+	if best == nil {
+		return use{}, nil, false
+	}
+	t.removeExpectLocked(best.id)
+	start := s.start
+	if start.IsZero() {
+		start = now
+	}
+	f := Flow{ID: s.id, Zone: s.zone, Orig: s.orig, Reply: s.reply, Start: start}
+	for t.order.Len() >= t.max {
+		old := t.order.Front()
+		evicted = append(evicted, *old.Value.(*tracked))
+		t.removeLocked(old)
+	}
+	t.flows[k] = t.order.PushBack(&tracked{key: k, id: best.id, flow: f})
+	if f.ID != 0 {
+		t.ids[f.ID]++
+	}
+	return use{id: best.id, flow: f}, evicted, true
+}
+
+// lookupLocked finds the tracked flow that s describes: same tuple and,
+// when both are known, same conntrack id (a reused tuple is another entry).
+func (t *tracker) lookupLocked(s snapshot) (*list.Element, bool) {
+	el, ok := t.flows[s.key()]
+	if !ok {
+		return nil, false
+	}
+	if tr := el.Value.(*tracked); tr.flow.ID != 0 && s.id != 0 && tr.flow.ID != s.id {
+		return nil, false
+	}
+	return el, true
+}
+
+// removeLocked stops tracking el's flow.
+func (t *tracker) removeLocked(el *list.Element) {
+	tr := t.order.Remove(el).(*tracked)
+	delete(t.flows, tr.key)
+	if id := tr.flow.ID; id != 0 {
+		if t.ids[id]--; t.ids[id] <= 0 {
+			delete(t.ids, id)
+		}
+	}
+}
+
+// endLocked stops tracking el's flow and returns its end with the counters
+// of s, at at unless the close was seen before.
+func (t *tracker) endLocked(el *list.Element, s snapshot, at time.Time) end {
+	tr := el.Value.(*tracked)
+	t.removeLocked(el)
+	fe := FlowEnd{
+		Flow:         tr.flow,
+		End:          at,
+		Counted:      s.counted,
+		OrigPackets:  s.origPackets,
+		OrigBytes:    s.origBytes,
+		ReplyPackets: s.replyPackets,
+		ReplyBytes:   s.replyBytes,
+		Reset:        s.state == tcpClose,
+	}
+	if !tr.closed.IsZero() {
+		fe.End, fe.Reset = tr.closed, tr.reset
+	}
+	if !s.start.IsZero() {
+		fe.Start = s.start
+	}
+	return end{id: tr.id, end: fe}
+}
+
+// observeClose handles an UPDATE event, seen at now, that took a flow to a
+// closed state (closedState(s.state)). For a tracked flow not yet closing
+// it records the close and returns the flow: the caller then completes the
+// end with finish and counters read at once (the event carries none), or
+// leaves it to the DESTROY event if they cannot be read.
+func (t *tracker) observeClose(s snapshot, now time.Time) (Flow, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	el, ok := t.lookupLocked(s)
+	if !ok {
+		return Flow{}, false
+	}
+	tr := el.Value.(*tracked)
+	if !tr.closed.IsZero() {
+		return Flow{}, false
+	}
+	tr.closed, tr.reset = now, s.state == tcpClose
+	return tr.flow, true
+}
+
+// finish ends a closing flow with the counters in s (a lookup of the entry)
+// and stops tracking it, so that its DESTROY event is ignored.
+func (t *tracker) finish(s snapshot) (end, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	el, ok := t.lookupLocked(s)
+	if !ok || el.Value.(*tracked).closed.IsZero() {
+		return end{}, false
+	}
+	return t.endLocked(el, s, time.Time{}), true
+}
+
+// observeDestroy handles the end of a flow seen at now. For a tracked flow
+// (one whose close was not reported yet) it stops tracking and returns the
+// end to report: at its close if that was seen, else at its destruction.
+func (t *tracker) observeDestroy(s snapshot, now time.Time) (end, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	el, ok := t.lookupLocked(s)
+	if !ok {
+		return end{}, false
+	}
+	at := now
+	if !s.stop.IsZero() {
+		at = s.stop
+	}
+	return t.endLocked(el, s, at), true
+}
+
+// reconcile compares the tracker with a dump of the conntrack table taken
+// after events were lost. Pending expectations that a live flow matches are
+// used; tracked flows that the dump shows closed end with its counters;
+// tracked flows absent from the dump are candidates for ending: gone
+// confirms each one (a dump can be inconsistent while the table changes) and
+// those confirmed end as lost.
+func (t *tracker) reconcile(live []snapshot, now time.Time, gone func(Flow) bool) (uses []use, ends []end, evicted []tracked) {
+	t.mu.Lock()
+	seen := make(map[flowKey]uint32, len(live))
+	for _, s := range live {
+		seen[s.key()] = s.id
+		if u, ev, ok := t.observeNewLocked(s, now); ok {
+			uses = append(uses, u)
+			evicted = append(evicted, ev...)
+		}
+		if closedState(s.state) {
+			if el, ok := t.lookupLocked(s); ok {
+				ends = append(ends, t.endLocked(el, s, now))
+			}
+		}
+	}
+	var missing []tracked
+	for el := t.order.Front(); el != nil; el = el.Next() {
+		tr := el.Value.(*tracked)
+		if id, ok := seen[tr.key]; !ok || id != 0 && tr.flow.ID != 0 && id != tr.flow.ID {
+			missing = append(missing, *tr)
+		}
+	}
+	t.mu.Unlock()
+
+	for _, tr := range missing {
+		if !gone(tr.flow) {
+			continue
+		}
+		t.mu.Lock()
+		el, ok := t.flows[tr.key]
+		ok = ok && el.Value.(*tracked).flow.ID == tr.flow.ID
+		if ok {
+			e := t.endLocked(el, snapshot{}, now)
+			e.end.Lost = true
+			ends = append(ends, e)
+		}
+		t.mu.Unlock()
+	}
+	return uses, ends, evicted
+}
+
+// counts returns the number of pending expectations and tracked flows.
+func (t *tracker) counts() (expects, flows int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.expects), len(t.flows)
+}

@@ -1,0 +1,451 @@
+package conntrack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	ct "github.com/ti-mo/conntrack"
+	"github.com/ti-mo/netfilter"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultEventBuffer is the number of decoded events a Watcher queues
+// between its socket reader and its dispatcher when Config.EventBuffer is
+// zero.
+const DefaultEventBuffer = 1024
+
+// socketBuffer is the receive buffer asked for the event socket. Events
+// that do not fit are lost (ENOBUFS), which the Watcher detects and repairs
+// with a dump of the table.
+const socketBuffer = 8 << 20
+
+// Config configures a Watcher. The zero value is usable: it watches and
+// logs to slog.Default() but reports nothing.
+type Config struct {
+	// Log receives lost-event and eviction warnings and debug lines; nil
+	// means slog.Default().
+	Log *slog.Logger
+	// OnUse is called once per expectation, with the first flow matching
+	// it. The expectation is consumed; the flow is tracked until it ends.
+	OnUse func(id string, f Flow)
+	// OnEnd is called once when a flow reported through OnUse ends:
+	// normally as conntrack sees it close (see the package documentation).
+	OnEnd func(id string, f FlowEnd)
+	// MaxFlows bounds the tracked flows; when full, the oldest is dropped
+	// (and logged) without OnEnd. Zero means DefaultMaxFlows.
+	MaxFlows int
+	// EventBuffer is the number of events queued for dispatch (only those
+	// about expectations and tracked flows are). Zero means
+	// DefaultEventBuffer.
+	EventBuffer int
+}
+
+// Watcher matches conntrack events against expectations; see the package
+// documentation. Expect and Forget are safe for concurrent use, also while
+// Run dispatches. OnUse and OnEnd run on Run's goroutine, one at a time,
+// without locks held (they may call Expect and Forget); while one runs,
+// events queue, so they should not block for long.
+type Watcher struct {
+	log    *slog.Logger
+	onUse  func(string, Flow)
+	onEnd  func(string, FlowEnd)
+	buffer int
+	t      *tracker
+
+	events *netlink.Conn // subscribed to the NEW, UPDATE and DESTROY groups
+	query  *ct.Conn      // lookups at a close, dumps after lost events
+	// lookup reads the conntrack entry of a flow; it fails with ENOENT when
+	// there is none. It uses query; tests replace it.
+	lookup func(Flow) (snapshot, error)
+
+	running atomic.Bool
+	closing atomic.Bool // set before events is closed on purpose
+	lost    atomic.Bool // a lost-events item is queued and not yet handled
+}
+
+// NewWatcher opens the conntrack netlink sockets in the network namespace of
+// the calling thread and subscribes to NEW, UPDATE and DESTROY events, which
+// queue from then on. Run must be called to process them and to close the
+// sockets. It needs CAP_NET_ADMIN.
+func NewWatcher(cfg Config) (*Watcher, error) {
+	w := &Watcher{
+		log:    cfg.Log,
+		onUse:  cfg.OnUse,
+		onEnd:  cfg.OnEnd,
+		buffer: cfg.EventBuffer,
+		t:      newTracker(cfg.MaxFlows),
+	}
+	if w.log == nil {
+		w.log = slog.Default()
+	}
+	if w.buffer <= 0 {
+		w.buffer = DefaultEventBuffer
+	}
+	var err error
+	w.events, err = openEvents(w.log)
+	if err != nil {
+		return nil, err
+	}
+	w.query, err = ct.Dial(nil)
+	if err != nil {
+		w.events.Close()
+		return nil, fmt.Errorf("opening conntrack query socket: %w", err)
+	}
+	w.lookup = w.get
+	return w, nil
+}
+
+// openEvents opens a conntrack event socket with a large receive buffer and
+// the kernel-side filter, subscribed to NEW, UPDATE and DESTROY events.
+func openEvents(log *slog.Logger) (*netlink.Conn, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return nil, fmt.Errorf("opening conntrack event socket: %w", err)
+	}
+	if err := setReadBuffer(c, socketBuffer); err != nil {
+		log.Debug("conntrack: keeping the default event socket buffer", "error", err)
+	}
+	// The filter goes on before the subscriptions, so that no unfiltered
+	// event is queued.
+	filter, err := eventFilter()
+	if err == nil {
+		err = c.SetBPF(filter)
+	}
+	if err != nil {
+		log.Warn("conntrack: no kernel event filter, filtering all events in userspace", "error", err)
+	}
+	for _, g := range []netfilter.NetlinkGroup{netfilter.GroupCTNew, netfilter.GroupCTUpdate, netfilter.GroupCTDestroy} {
+		if err := c.JoinGroup(uint32(g)); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("subscribing to conntrack events (group %d): %w", g, err)
+		}
+	}
+	return c, nil
+}
+
+// setReadBuffer sets the socket's receive buffer to n bytes, beyond
+// net.core.rmem_max when privileged (SO_RCVBUFFORCE).
+func setReadBuffer(c *netlink.Conn, n int) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return c.SetReadBuffer(n)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
+	}); err != nil || serr != nil {
+		return c.SetReadBuffer(n)
+	}
+	return nil
+}
+
+// Expect registers the expectation id (a pinhole): the first TCP flow from
+// m.Src to m.Dst fires OnUse once. Register it before the pinhole goes live,
+// so that no flow can come first. Expect with an id already pending
+// replaces it. A match that is not exact (no source, port 0, mixed families)
+// can never match; it is logged and dropped.
+func (w *Watcher) Expect(id string, m Match) {
+	n, err := m.normalize()
+	if err != nil {
+		w.log.Error("conntrack: ignoring expectation", "pinhole", id, "match", m.String(), "error", err)
+		return
+	}
+	w.t.expect(id, n)
+}
+
+// Forget drops the expectation id if it is still pending (the pinhole closed
+// unused). A flow that already used it stays tracked until it ends.
+func (w *Watcher) Forget(id string) {
+	w.t.forget(id)
+}
+
+// eventKind is what a queued item reports.
+type eventKind uint8
+
+const (
+	eventNew   eventKind = iota + 1
+	eventClose           // an UPDATE event to TIME_WAIT or CLOSE
+	eventDestroy
+	eventLost // the socket overflowed: events are missing before this item
+)
+
+// item is one queued event.
+type item struct {
+	kind eventKind
+	p    peeked // what the reader admitted it by
+	s    snapshot
+	at   time.Time
+}
+
+// Run dispatches events until ctx is done, then closes the sockets and
+// returns nil; it returns an error if the event socket fails. Call it once.
+func (w *Watcher) Run(ctx context.Context) error {
+	if !w.running.CompareAndSwap(false, true) {
+		return errors.New("conntrack: Watcher.Run called more than once")
+	}
+	defer w.query.Close()
+
+	items := make(chan item, w.buffer)
+	readErr := make(chan error, 1)
+	go func() {
+		readErr <- w.readEvents(items)
+		close(items)
+	}()
+	stop := context.AfterFunc(ctx, w.closeEvents)
+	defer stop()
+
+	for it := range items {
+		if ctx.Err() != nil {
+			continue // shutting down: drain so the reader can finish
+		}
+		w.dispatch(it, items)
+	}
+	w.closeEvents()
+	err := <-readErr
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// closeEvents closes the event socket, which ends readEvents.
+func (w *Watcher) closeEvents() {
+	if w.closing.CompareAndSwap(false, true) {
+		w.events.Close()
+	}
+}
+
+// recvBufferSize is the size of the event reader's buffer. The kernel sends
+// each event in a datagram of its own, at most a page (8 KiB with larger
+// pages) and usually a few hundred bytes.
+const recvBufferSize = 64 << 10
+
+// readEvents receives events into items until the socket is closed or
+// fails. It reads into one reused buffer and decodes only the events that
+// can matter (see decode). Lost events (ENOBUFS) are logged and reported as
+// one eventLost item until the dispatcher has handled it.
+func (w *Watcher) readEvents(items chan<- item) error {
+	rc, err := w.events.SyscallConn()
+	if err != nil {
+		if w.closing.Load() {
+			return nil
+		}
+		return fmt.Errorf("receiving conntrack events: %w", err)
+	}
+	buf := make([]byte, recvBufferSize)
+	for {
+		var n int
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			n, rerr = unix.Read(int(fd), buf)
+			return rerr != unix.EAGAIN
+		})
+		if err == nil {
+			err = rerr
+		}
+		switch {
+		case err == nil:
+		case w.closing.Load():
+			return nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.ENOBUFS):
+			if w.lost.CompareAndSwap(false, true) {
+				w.log.Warn("conntrack: event socket overflowed, events lost; resynchronizing from the table")
+				items <- item{kind: eventLost, at: time.Now()}
+			}
+			continue
+		default:
+			return fmt.Errorf("receiving conntrack events: %w", err)
+		}
+		now := time.Now()
+		for b := buf[:n]; ; {
+			typ, flags, data, rest, ok := splitMessage(b)
+			if !ok {
+				break
+			}
+			b = rest
+			if it, ok := w.decode(typ, flags, data, now); ok {
+				items <- it
+			}
+		}
+	}
+}
+
+// decode turns one event message into an item if it can matter: a TCP
+// event (peekEvent) that the tracker admits, so that the common case, an
+// event about a connection nobody expects, costs no allocation.
+func (w *Watcher) decode(typ, flags uint16, data []byte, now time.Time) (item, bool) {
+	p := peekEvent(typ, flags, data)
+	if p.kind == 0 || !w.t.admit(p) {
+		return item{}, false
+	}
+	msg := netlink.Message{
+		Header: netlink.Header{
+			Length: uint32(nlmsgHdrLen + len(data)),
+			Type:   netlink.HeaderType(typ),
+			Flags:  netlink.HeaderFlags(flags),
+		},
+		Data: data,
+	}
+	var ev ct.Event
+	err := ev.Unmarshal(msg)
+	var s snapshot
+	ok := false
+	if err == nil && ev.Flow != nil {
+		s, ok = snapshotOf(ev.Flow)
+	}
+	if !ok {
+		w.t.settle(p)
+		if err != nil {
+			w.log.Warn("conntrack: skipping undecodable event", "error", err)
+		}
+		return item{}, false
+	}
+	return item{kind: p.kind, p: p, s: s, at: now}, true
+}
+
+// dispatch handles one item. items is only used to catch up before a
+// resynchronization.
+func (w *Watcher) dispatch(it item, items <-chan item) {
+	switch it.kind {
+	case eventNew:
+		u, evicted, ok := w.t.observeNew(it.s, it.at)
+		w.t.settle(it.p)
+		w.logEvicted(evicted)
+		if ok {
+			w.used(u)
+		}
+	case eventClose:
+		w.closed(it.s, it.at)
+	case eventDestroy:
+		if e, ok := w.t.observeDestroy(it.s, it.at); ok {
+			w.ended(e)
+		}
+	case eventLost:
+		w.resync(items)
+	}
+}
+
+// closed handles an UPDATE event that closed a flow at at: a tracked flow
+// ends then, with the counters read from its entry. If the entry is gone
+// already (or the lookup fails), the DESTROY event completes the end.
+func (w *Watcher) closed(s snapshot, at time.Time) {
+	f, ok := w.t.observeClose(s, at)
+	if !ok {
+		return
+	}
+	if !s.counted {
+		got, err := w.lookup(f)
+		if err != nil {
+			w.log.Debug("conntrack: no counters at the close, waiting for the flow's end",
+				"flow", f.Orig.String(), "error", err)
+			return
+		}
+		s = got
+	}
+	// A lookup that found another entry with the same tuple finishes
+	// nothing; the DESTROY event of ours will.
+	if e, ok := w.t.finish(s); ok {
+		w.ended(e)
+	}
+}
+
+func (w *Watcher) used(u use) {
+	w.log.Debug("conntrack: pinhole used", "pinhole", u.id, "flow", u.flow.Orig.String())
+	if w.onUse != nil {
+		w.onUse(u.id, u.flow)
+	}
+}
+
+func (w *Watcher) ended(e end) {
+	w.log.Debug("conntrack: flow ended", "pinhole", e.id, "flow", e.end.Orig.String())
+	if w.onEnd != nil {
+		w.onEnd(e.id, e.end)
+	}
+}
+
+func (w *Watcher) logEvicted(evicted []tracked) {
+	for _, tr := range evicted {
+		w.log.Warn("conntrack: too many tracked flows, dropping the oldest without its end",
+			"pinhole", tr.id, "flow", tr.flow.Orig.String(), "started", tr.flow.Start)
+	}
+}
+
+// resync repairs the state after lost events: it first handles the events
+// already queued (they are older than the dump), then compares with a dump
+// of the conntrack table.
+func (w *Watcher) resync(items <-chan item) {
+	w.lost.Store(false)
+	for n := len(items); n > 0; n-- {
+		it, ok := <-items
+		if !ok {
+			return
+		}
+		if it.kind != eventLost {
+			w.dispatch(it, items)
+		}
+	}
+	flows, err := w.query.Dump(nil)
+	if err != nil {
+		w.log.Error("conntrack: dumping the table after lost events", "error", err)
+		return
+	}
+	live := make([]snapshot, 0, len(flows))
+	for i := range flows {
+		if s, ok := snapshotOf(&flows[i]); ok {
+			live = append(live, s)
+		}
+	}
+	uses, ends, evicted := w.t.reconcile(live, time.Now(), w.gone)
+	expects, tracked := w.t.counts()
+	w.log.Info("conntrack: resynchronized after lost events", "table", len(flows),
+		"used", len(uses), "ended", len(ends), "pending", expects, "tracked", tracked)
+	w.logEvicted(evicted)
+	for _, u := range uses {
+		w.used(u)
+	}
+	for _, e := range ends {
+		w.ended(e)
+	}
+}
+
+// gone reports whether conntrack confirms that the flow no longer exists:
+// no entry has its tuple, or another one does.
+func (w *Watcher) gone(f Flow) bool {
+	s, err := w.lookup(f)
+	if err != nil {
+		return errors.Is(err, unix.ENOENT)
+	}
+	return f.ID != 0 && s.id != 0 && s.id != f.ID
+}
+
+// get reads the conntrack entry of f.
+func (w *Watcher) get(f Flow) (snapshot, error) {
+	got, err := w.query.Get(ct.Flow{TupleOrig: ctTuple(f.Orig), Zone: f.Zone})
+	if err != nil {
+		return snapshot{}, fmt.Errorf("looking up flow %s: %w", f.Orig, err)
+	}
+	s, ok := snapshotOf(&got)
+	if !ok {
+		return snapshot{}, fmt.Errorf("looking up flow %s: not a TCP flow", f.Orig)
+	}
+	return s, nil
+}
+
+// ctTuple converts a TCP tuple for a conntrack query.
+func ctTuple(t Tuple) ct.Tuple {
+	return ct.Tuple{
+		IP: ct.IPTuple{SourceAddress: t.Src.Addr(), DestinationAddress: t.Dst.Addr()},
+		Proto: ct.ProtoTuple{
+			Protocol:        unix.IPPROTO_TCP,
+			SourcePort:      t.Src.Port(),
+			DestinationPort: t.Dst.Port(),
+		},
+	}
+}
