@@ -665,6 +665,9 @@ func stripAuth(r ftp.Reply) []byte {
 func (s *Session) openPinhole(ctx context.Context, a Announcement) (Plan, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.pol.OpenTimeout)
 	defer cancel()
+	// The unused previous pinhole goes first: its pool port is free again
+	// for the new one.
+	s.closeCurrent("replaced")
 	plan, err := s.Planner.Plan(ctx, s.ep, a)
 	if err != nil {
 		return Plan{}, err
@@ -679,7 +682,6 @@ func (s *Session) openPinhole(ctx context.Context, a Announcement) (Plan, error)
 		s.log.Error("planner broke the pinhole invariant", "err", err)
 		return Plan{}, errors.New("internal error")
 	}
-	s.closeCurrent("replaced")
 	s.mu.Lock()
 	s.nextPH++
 	plan.Pinhole.ID = fmt.Sprintf("%s.p%d", s.ID, s.nextPH)

@@ -728,3 +728,46 @@ func TestIdleTimeoutSparesTransfers(t *testing.T) {
 	}
 	h.wantRefusals("idle timeout")
 }
+
+func TestPoolExhaustionIs425(t *testing.T) {
+	// Ten pool ports, all held by other sessions' pinholes.
+	h := start(t, ep4)
+	var held []uint16
+	for range 10 {
+		p, err := h.pool.Get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, p)
+	}
+	h.greet()
+	h.c("PORT 192,0,2,2,195,80\r\n")
+	h.toClient("425 ftpalg: cannot open data connection: data port pool exhausted (40000-40009)\r\n")
+	h.wantRefusals("PORT")
+	// A port coming free makes the next one work; replacing the session's
+	// own unused pinhole reuses its port.
+	h.pool.Put(held[0])
+	h.c("PORT 192,0,2,2,195,80\r\n")
+	h.toServer("PORT 203,0,113,1,156,64\r\n")
+	h.s("200 ok\r\n")
+	h.toClient("200 ok\r\n")
+	h.c("EPRT |1|192.0.2.2|50001|\r\n")
+	h.toServer("EPRT |1|203.0.113.1|40000|\r\n")
+}
+
+func TestEndlessReplyEndsSession(t *testing.T) {
+	h := start(t, ep4)
+	go func() {
+		h.server.Write([]byte("220-welcome\r\n"))
+		for range 2000 {
+			if _, err := h.server.Write([]byte(" more and more text\r\n")); err != nil {
+				return
+			}
+		}
+	}()
+	h.toClient("421 ftpalg: the server sent an invalid reply; closing the connection\r\n")
+	if !h.atClient.waitEOF(wait) {
+		t.Fatal("session did not end")
+	}
+	h.wantRefusals("server reply")
+}
