@@ -72,6 +72,15 @@
 // flows (by conntrack id), are decoded and queued. A close costs one lookup
 // of the entry.
 //
+// A NEW event takes its expectation as it is read, not when it is
+// dispatched: the flow has used the pinhole then, so a Forget that comes
+// while the event waits in the queue (a short transfer whose session ended
+// while a callback held up dispatching) does not lose the use. The kernel
+// queues the NEW event before the flow's first packet leaves, and a
+// goroutine of its own reads the socket, so only a Forget within moments of
+// that first packet (sooner than closing a pinhole's rules takes) could
+// still come first.
+//
 // # Kernel settings
 //
 // Per network namespace: net.netfilter.nf_conntrack_events must not be 0

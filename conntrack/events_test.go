@@ -3,8 +3,11 @@ package conntrack
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/mdlayher/netlink"
@@ -334,6 +337,45 @@ func TestWatcherDecode(t *testing.T) {
 	}
 	if logBuf.Len() != 0 {
 		t.Errorf("unexpected log: %s", logBuf.String())
+	}
+}
+
+// TestWatcherForgetQueued is the race seen end to end: the reader receives
+// a flow's NEW event while the dispatcher is busy (in a callback), the
+// transfer is short and its session closes the pinhole (Forget) before the
+// event is dispatched. The flow started before the Forget, so it still
+// fires OnUse, and OnEnd at its end.
+func TestWatcherForgetQueued(t *testing.T) {
+	const c, s = "198.51.100.2:20", "198.51.100.1:40001"
+	var got []string
+	w := &Watcher{
+		log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		t:     newTracker(0),
+		onUse: func(id string, f Flow) { got = append(got, "use "+id+" "+f.Orig.String()) },
+		onEnd: func(id string, f FlowEnd) { got = append(got, fmt.Sprintf("end %s %d", id, f.OrigBytes)) },
+	}
+	decode := func(e testEvent) item {
+		t.Helper()
+		m := e.message(t)
+		it, ok := w.decode(uint16(m.Header.Type), uint16(m.Header.Flags), m.Data, t0)
+		if !ok {
+			t.Fatalf("event %+v not admitted", e)
+		}
+		return it
+	}
+	w.Expect("s1.p1", Match{Src: addr("198.51.100.2"), Dst: ap(s)})
+	queued := []item{decode(newEvent(c, s, 7))}
+	w.Forget("s1.p1") // the session ended while the NEW event was queued
+	queued = append(queued, decode(destroyEvent(c, s, 7, tcpTimeWait)))
+	for _, it := range queued {
+		w.dispatch(it, nil)
+	}
+	want := []string{"use s1.p1 198.51.100.2:20 -> 198.51.100.1:40001", "end s1.p1 1000"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("callbacks:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if n, f := w.t.counts(); n != 0 || f != 0 || len(w.t.claims) != 0 || len(w.t.inflight) != 0 {
+		t.Errorf("left %d pending, %d tracked, claims %v, inflight %v", n, f, w.t.claims, w.t.inflight)
 	}
 }
 

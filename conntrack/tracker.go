@@ -1,8 +1,10 @@
 package conntrack
 
 import (
+	"cmp"
 	"container/list"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -124,6 +126,14 @@ type tracker struct {
 	// event the reader receives can concern (see admit).
 	ids      map[uint32]int
 	inflight map[uint32]int
+	// claims holds, by id, the expectations that the event reader has
+	// matched to a NEW event it queued (see admit). A claimed expectation
+	// is no longer pending: the flow used it when its event was received,
+	// so a forget (the pinhole closed meanwhile, typically because a short
+	// transfer ended while the dispatcher was busy) must not take it away.
+	// The dispatcher uses the claim with the event; settle gives back one
+	// it could not use.
+	claims map[string]*expectation
 }
 
 func newTracker(maxFlows int) *tracker {
@@ -138,25 +148,53 @@ func newTracker(maxFlows int) *tracker {
 		order:    list.New(),
 		ids:      make(map[uint32]int),
 		inflight: make(map[uint32]int),
+		claims:   make(map[string]*expectation),
 	}
 }
 
 // expect registers (or replaces) the expectation id. m must be normalized.
+// An expectation with that id that a queued NEW event claimed still goes to
+// that event's flow, but is not given back if the flow cannot use it.
 func (t *tracker) expect(id string, m Match) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.removeExpectLocked(id)
+	delete(t.claims, id)
 	t.seq++
-	e := &expectation{id: id, match: m, seq: t.seq}
-	t.expects[id] = e
-	t.byDst[m.Dst] = append(t.byDst[m.Dst], e)
+	t.addExpectLocked(&expectation{id: id, match: m, seq: t.seq})
 }
 
-// forget drops the expectation id; it reports whether it was pending.
+// forget drops the expectation id; it reports whether it was pending. One
+// that a queued NEW event claimed still goes to that event's flow (the flow
+// started before the forget), but is not given back if the flow cannot use
+// it.
 func (t *tracker) forget(id string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	delete(t.claims, id)
 	return t.removeExpectLocked(id)
+}
+
+// addExpectLocked makes e pending, keeping byDst in registration order.
+func (t *tracker) addExpectLocked(e *expectation) {
+	t.expects[e.id] = e
+	same := t.byDst[e.match.Dst]
+	i, _ := slices.BinarySearchFunc(same, e.seq, func(x *expectation, seq uint64) int {
+		return cmp.Compare(x.seq, seq)
+	})
+	t.byDst[e.match.Dst] = slices.Insert(same, i, e)
+}
+
+// pendingLocked returns the oldest pending expectation that a flow with
+// original tuple orig matches, or nil.
+func (t *tracker) pendingLocked(orig Tuple) *expectation {
+	var best *expectation
+	for _, e := range t.byDst[orig.Dst] {
+		if e.match.matches(orig) && (best == nil || e.seq < best.seq) {
+			best = e
+		}
+	}
+	return best
 }
 
 func (t *tracker) removeExpectLocked(id string) bool {
@@ -184,61 +222,79 @@ func (t *tracker) removeExpectLocked(id string) bool {
 // decoded: a NEW event only if a pending expectation matches its addresses
 // (expectations are registered before their flow starts, so one added later
 // would not match anyway), an UPDATE or DESTROY event only if its flow is
-// tracked or its admitted NEW event is still queued. A NEW event admitted
-// with an id must be settled once dispatched or dropped.
-func (t *tracker) admit(p peeked) bool {
+// tracked or its admitted NEW event is still queued.
+//
+// A NEW event is admitted with the expectation it matches, which it claims
+// at once: the flow has used the pinhole, whatever happens to the
+// expectation before the event is dispatched (see claims). The claim goes
+// with the event to observeNew, and a NEW event admitted must be settled
+// once dispatched or dropped.
+func (t *tracker) admit(p peeked) (claim *expectation, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if p.kind != eventNew {
-		return !p.hasID || t.ids[p.id] > 0 || t.inflight[p.id] > 0
+		return nil, !p.hasID || t.ids[p.id] > 0 || t.inflight[p.id] > 0
 	}
-	for _, e := range t.byDst[p.dst] {
-		if e.match.Src == p.src {
-			if p.hasID {
-				t.inflight[p.id]++
-			}
-			return true
+	e := t.pendingLocked(Tuple{Src: netip.AddrPortFrom(p.src, 0), Dst: p.dst})
+	if e == nil {
+		return nil, false
+	}
+	t.removeExpectLocked(e.id)
+	t.claims[e.id] = e
+	if p.hasID {
+		t.inflight[p.id]++
+	}
+	return e, true
+}
+
+// settle records that an admitted NEW event, with the expectation it
+// claimed, was handled. If its flow did not use the claim (the event could
+// not be decoded, or described a flow already tracked), the expectation is
+// pending again, unless it was forgotten or registered anew meanwhile.
+func (t *tracker) settle(p peeked, claim *expectation) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p.kind == eventNew && p.hasID {
+		if t.inflight[p.id]--; t.inflight[p.id] <= 0 {
+			delete(t.inflight, p.id)
 		}
 	}
-	return false
-}
-
-// settle records that an admitted NEW event was handled.
-func (t *tracker) settle(p peeked) {
-	if p.kind != eventNew || !p.hasID {
-		return
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.inflight[p.id]--; t.inflight[p.id] <= 0 {
-		delete(t.inflight, p.id)
+	if claim != nil && t.claims[claim.id] == claim {
+		delete(t.claims, claim.id)
+		t.addExpectLocked(claim)
 	}
 }
 
-// observeNew handles a new flow seen at now. When it matches an expectation
-// the expectation is consumed, the flow tracked, and the use returned;
-// evicted lists flows dropped to stay within the cap.
-func (t *tracker) observeNew(s snapshot, now time.Time) (u use, evicted []tracked, ok bool) {
+// observeNew handles a new flow seen at now, with the expectation that its
+// event claimed when admitted, or nil to match it against the pending ones.
+// When it matches an expectation the expectation is consumed, the flow
+// tracked, and the use returned; evicted lists flows dropped to stay within
+// the cap.
+func (t *tracker) observeNew(s snapshot, now time.Time, claim *expectation) (u use, evicted []tracked, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.observeNewLocked(s, now)
+	return t.observeNewLocked(s, now, claim)
 }
 
-func (t *tracker) observeNewLocked(s snapshot, now time.Time) (u use, evicted []tracked, ok bool) {
+func (t *tracker) observeNewLocked(s snapshot, now time.Time, claim *expectation) (u use, evicted []tracked, ok bool) {
 	k := s.key()
 	if _, dup := t.flows[k]; dup {
 		return use{}, nil, false
 	}
-	var best *expectation
-	for _, e := range t.byDst[s.orig.Dst] {
-		if e.match.matches(s.orig) && (best == nil || e.seq < best.seq) {
-			best = e
+	best := claim
+	if best == nil {
+		if best = t.pendingLocked(s.orig); best == nil {
+			return use{}, nil, false
+		}
+		t.removeExpectLocked(best.id)
+	} else {
+		if !best.match.matches(s.orig) {
+			return use{}, nil, false
+		}
+		if t.claims[best.id] == best {
+			delete(t.claims, best.id)
 		}
 	}
-	if best == nil {
-		return use{}, nil, false
-	}
-	t.removeExpectLocked(best.id)
 	start := s.start
 	if start.IsZero() {
 		start = now
@@ -364,7 +420,7 @@ func (t *tracker) reconcile(live []snapshot, now time.Time, gone func(Flow) bool
 	seen := make(map[flowKey]uint32, len(live))
 	for _, s := range live {
 		seen[s.key()] = s.id
-		if u, ev, ok := t.observeNewLocked(s, now); ok {
+		if u, ev, ok := t.observeNewLocked(s, now, nil); ok {
 			uses = append(uses, u)
 			evicted = append(evicted, ev...)
 		}

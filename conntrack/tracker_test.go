@@ -137,7 +137,7 @@ func TestTrackerMatch(t *testing.T) {
 			for _, e := range tt.expects {
 				tr.expect(e.id, e.m)
 			}
-			u, _, ok := tr.observeNew(tt.flow, t0)
+			u, _, ok := tr.observeNew(tt.flow, t0, nil)
 			if got := map[bool]string{true: u.id}[ok]; got != tt.want {
 				t.Fatalf("observeNew(%v) used %q, want %q", tt.flow.orig, got, tt.want)
 			}
@@ -162,13 +162,13 @@ func TestTrackerLifecycle(t *testing.T) {
 	t.Run("once", func(t *testing.T) {
 		tr := newTracker(0)
 		tr.expect("a", m)
-		if _, _, ok := tr.observeNew(first, t0); !ok {
+		if _, _, ok := tr.observeNew(first, t0, nil); !ok {
 			t.Fatal("first flow not matched")
 		}
-		if u, _, ok := tr.observeNew(snap(2, "192.0.2.1:51001", "192.0.2.2:40000"), t0); ok {
+		if u, _, ok := tr.observeNew(snap(2, "192.0.2.1:51001", "192.0.2.2:40000"), t0, nil); ok {
 			t.Fatalf("second flow used %q again", u.id)
 		}
-		if u, _, ok := tr.observeNew(first, t0); ok {
+		if u, _, ok := tr.observeNew(first, t0, nil); ok {
 			t.Fatalf("duplicate NEW used %q", u.id)
 		}
 	})
@@ -179,7 +179,7 @@ func TestTrackerLifecycle(t *testing.T) {
 		if !tr.forget("a") {
 			t.Error("forget(pending) = false")
 		}
-		if _, _, ok := tr.observeNew(first, t0); ok {
+		if _, _, ok := tr.observeNew(first, t0, nil); ok {
 			t.Fatal("forgotten expectation used")
 		}
 		if _, ok := tr.observeDestroy(first, t0); ok {
@@ -190,7 +190,7 @@ func TestTrackerLifecycle(t *testing.T) {
 	t.Run("forget after use keeps tracking", func(t *testing.T) {
 		tr := newTracker(0)
 		tr.expect("a", m)
-		tr.observeNew(first, t0)
+		tr.observeNew(first, t0, nil)
 		if tr.forget("a") {
 			t.Error("forget(used) = true")
 		}
@@ -203,10 +203,10 @@ func TestTrackerLifecycle(t *testing.T) {
 		tr := newTracker(0)
 		tr.expect("a", m)
 		tr.expect("a", Match{addr("192.0.2.1"), ap("192.0.2.2:40001")})
-		if _, _, ok := tr.observeNew(first, t0); ok {
+		if _, _, ok := tr.observeNew(first, t0, nil); ok {
 			t.Fatal("replaced expectation used")
 		}
-		if u, _, ok := tr.observeNew(snap(2, "192.0.2.1:51000", "192.0.2.2:40001"), t0); !ok || u.id != "a" {
+		if u, _, ok := tr.observeNew(snap(2, "192.0.2.1:51000", "192.0.2.2:40001"), t0, nil); !ok || u.id != "a" {
 			t.Fatalf("replacement not used: %q %v", u.id, ok)
 		}
 		if n, f := tr.counts(); n != 0 || f != 1 || len(tr.byDst) != 0 {
@@ -217,7 +217,7 @@ func TestTrackerLifecycle(t *testing.T) {
 	t.Run("end with counters", func(t *testing.T) {
 		tr := newTracker(0)
 		tr.expect("a", m)
-		tr.observeNew(first, t0)
+		tr.observeNew(first, t0, nil)
 		d := first
 		d.counted, d.origPackets, d.origBytes, d.replyPackets, d.replyBytes = true, 5, 300, 8, 12000
 		e, ok := tr.observeDestroy(d, t0.Add(3*time.Second))
@@ -243,7 +243,7 @@ func TestTrackerLifecycle(t *testing.T) {
 	t.Run("kernel timestamps", func(t *testing.T) {
 		tr := newTracker(0)
 		tr.expect("a", m)
-		tr.observeNew(first, t0)
+		tr.observeNew(first, t0, nil)
 		d := first
 		d.start, d.stop = t0.Add(-time.Millisecond), t0.Add(1500*time.Millisecond)
 		e, _ := tr.observeDestroy(d, t0.Add(time.Minute))
@@ -255,7 +255,7 @@ func TestTrackerLifecycle(t *testing.T) {
 	t.Run("other entry, same tuple", func(t *testing.T) {
 		tr := newTracker(0)
 		tr.expect("a", m)
-		tr.observeNew(first, t0)
+		tr.observeNew(first, t0, nil)
 		other := first
 		other.id = 2
 		if _, ok := tr.observeDestroy(other, t0); ok {
@@ -275,7 +275,7 @@ func TestTrackerClose(t *testing.T) {
 	setup := func(t *testing.T) *tracker {
 		tr := newTracker(0)
 		tr.expect("a", m)
-		if _, _, ok := tr.observeNew(first, t0); !ok {
+		if _, _, ok := tr.observeNew(first, t0, nil); !ok {
 			t.Fatal("flow not used")
 		}
 		return tr
@@ -373,31 +373,131 @@ func TestTrackerAdmit(t *testing.T) {
 		return peeked{kind: eventNew, id: id, hasID: true, src: addr(src), dst: ap(dst)}
 	}
 	endP := func(kind eventKind, id uint32) peeked { return peeked{kind: kind, id: id, hasID: true} }
+	admitted := func(p peeked) bool {
+		_, ok := tr.admit(p)
+		return ok
+	}
 
-	if tr.admit(newP("192.0.2.9", "192.0.2.2:40000", 1)) || tr.admit(newP("192.0.2.1", "192.0.2.2:40001", 1)) {
+	if admitted(newP("192.0.2.9", "192.0.2.2:40000", 1)) || admitted(newP("192.0.2.1", "192.0.2.2:40001", 1)) {
 		t.Error("NEW admitted for addresses nobody expects")
 	}
-	if tr.admit(endP(eventClose, 7)) || tr.admit(endP(eventDestroy, 7)) {
+	if admitted(endP(eventClose, 7)) || admitted(endP(eventDestroy, 7)) {
 		t.Error("events of an unknown flow admitted")
 	}
-	if !tr.admit(peeked{kind: eventDestroy}) {
+	if !admitted(peeked{kind: eventDestroy}) {
 		t.Error("event without an id not admitted")
 	}
 	p := newP("192.0.2.1", "192.0.2.2:40000", 7)
-	if !tr.admit(p) {
-		t.Fatal("expected NEW not admitted")
+	claim, ok := tr.admit(p)
+	if !ok || claim == nil || claim.id != "a" {
+		t.Fatalf("expected NEW: admitted %v with claim %+v, want a claim of a", ok, claim)
 	}
-	if !tr.admit(endP(eventClose, 7)) || !tr.admit(endP(eventDestroy, 7)) {
+	if !admitted(endP(eventClose, 7)) || !admitted(endP(eventDestroy, 7)) {
 		t.Error("events of a queued NEW not admitted")
 	}
-	tr.observeNew(snap(7, "192.0.2.1:51000", "192.0.2.2:40000"), t0)
-	tr.settle(p)
-	if len(tr.inflight) != 0 || !tr.admit(endP(eventDestroy, 7)) {
-		t.Errorf("after dispatch: inflight %v, DESTROY admitted %v", tr.inflight, tr.admit(endP(eventDestroy, 7)))
+	if admitted(newP("192.0.2.1", "192.0.2.2:40000", 8)) {
+		t.Error("a second NEW admitted for a claimed expectation")
+	}
+	if _, _, ok := tr.observeNew(snap(7, "192.0.2.1:51000", "192.0.2.2:40000"), t0, claim); !ok {
+		t.Fatal("queued NEW did not use its claim")
+	}
+	tr.settle(p, claim)
+	if len(tr.inflight) != 0 || len(tr.claims) != 0 || !admitted(endP(eventDestroy, 7)) {
+		t.Errorf("after dispatch: inflight %v, claims %v, DESTROY admitted %v",
+			tr.inflight, tr.claims, admitted(endP(eventDestroy, 7)))
+	}
+	if n, _ := tr.counts(); n != 0 {
+		t.Errorf("%d expectations pending after use", n)
 	}
 	tr.observeDestroy(snap(7, "192.0.2.1:51000", "192.0.2.2:40000"), t0)
-	if tr.admit(endP(eventDestroy, 7)) {
+	if admitted(endP(eventDestroy, 7)) {
 		t.Error("DESTROY of an ended flow admitted")
+	}
+}
+
+// TestTrackerClaim: a NEW event claims its expectation when the reader
+// admits it, so that closing the pinhole (forget) while the event waits for
+// the dispatcher does not lose the use; a claim its flow cannot use is
+// given back, unless the expectation was forgotten or replaced meanwhile.
+func TestTrackerClaim(t *testing.T) {
+	m := Match{addr("192.0.2.1"), ap("192.0.2.2:40000")}
+	p := peeked{kind: eventNew, id: 7, hasID: true, src: m.Src, dst: m.Dst}
+	flow := snap(7, "192.0.2.1:51000", "192.0.2.2:40000")
+	admit := func(t *testing.T, tr *tracker) *expectation {
+		t.Helper()
+		claim, ok := tr.admit(p)
+		if !ok || claim == nil {
+			t.Fatal("expected NEW not admitted")
+		}
+		return claim
+	}
+	pending := func(tr *tracker) int { n, _ := tr.counts(); return n }
+
+	t.Run("forget while queued", func(t *testing.T) {
+		tr := newTracker(0)
+		tr.expect("a", m)
+		claim := admit(t, tr)
+		if tr.forget("a") {
+			t.Error("forget reported a claimed expectation as pending")
+		}
+		u, _, ok := tr.observeNew(flow, t0, claim)
+		tr.settle(p, claim)
+		if !ok || u.id != "a" {
+			t.Fatalf("use = %+v, %v; want the flow to use a", u, ok)
+		}
+		if pending(tr) != 0 || len(tr.claims) != 0 {
+			t.Errorf("left %d pending, claims %v", pending(tr), tr.claims)
+		}
+		if _, ok := tr.observeDestroy(flow, t0); !ok {
+			t.Error("flow not tracked to its end")
+		}
+	})
+	t.Run("oldest claimed", func(t *testing.T) {
+		tr := newTracker(0)
+		tr.expect("a", m)
+		tr.expect("b", m)
+		tr.expect("a", m) // replaced: now the newest
+		if claim := admit(t, tr); claim.id != "b" {
+			t.Errorf("claimed %q, want the oldest, b", claim.id)
+		}
+	})
+	for _, tt := range []struct {
+		name    string
+		between func(tr *tracker)
+		use     bool // the flow is already tracked: the claim goes unused
+		want    int  // expectations pending after the settle
+	}{
+		{"unused given back", func(*tracker) {}, false, 1},
+		{"duplicate flow gives back", func(*tracker) {}, true, 1},
+		{"forgotten not given back", func(tr *tracker) { tr.forget("a") }, false, 0},
+		{"replaced not given back", func(tr *tracker) { tr.expect("a", m) }, false, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tr := newTracker(0)
+			if tt.use {
+				tr.expect("old", m)
+				tr.observeNew(flow, t0, nil)
+			}
+			tr.expect("a", m)
+			claim := admit(t, tr)
+			tt.between(tr)
+			if tt.use {
+				if _, _, ok := tr.observeNew(flow, t0, claim); ok {
+					t.Fatal("a tracked flow used another expectation")
+				}
+			}
+			tr.settle(p, claim) // dispatched unused, or dropped undecoded
+			if n := pending(tr); n != tt.want || len(tr.claims) != 0 || len(tr.inflight) != 0 {
+				t.Fatalf("%d pending (want %d), claims %v, inflight %v", n, tt.want, tr.claims, tr.inflight)
+			}
+			if tt.want == 0 {
+				return
+			}
+			other := snap(9, "192.0.2.1:51009", "192.0.2.2:40000")
+			if u, _, ok := tr.observeNew(other, t0, nil); !ok || u.id != "a" {
+				t.Errorf("next flow: use = %+v, %v; want a", u, ok)
+			}
+		})
 	}
 }
 
@@ -410,7 +510,7 @@ func TestTrackerEvict(t *testing.T) {
 		flows = append(flows, snap(uint32(i+1), "192.0.2.1:51000", fmt.Sprintf("192.0.2.2:%d", 40000+i)))
 	}
 	for i, f := range flows {
-		_, evicted, ok := tr.observeNew(f, t0.Add(time.Duration(i)*time.Second))
+		_, evicted, ok := tr.observeNew(f, t0.Add(time.Duration(i)*time.Second), nil)
 		if !ok {
 			t.Fatalf("flow %d not used", i)
 		}
@@ -445,7 +545,7 @@ func TestTrackerReconcile(t *testing.T) {
 	tr.expect("40005", m(40005))
 	tr.expect("40006", m(40006))
 	for _, s := range []snapshot{alive, ended, unsure, closed, closing, reused} {
-		tr.observeNew(s, t0)
+		tr.observeNew(s, t0, nil)
 	}
 	cs := closing
 	cs.state = tcpClose

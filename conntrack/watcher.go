@@ -159,7 +159,9 @@ func (w *Watcher) Expect(id string, m Match) {
 }
 
 // Forget drops the expectation id if it is still pending (the pinhole closed
-// unused). A flow that already used it stays tracked until it ends.
+// unused). A flow that already used it stays tracked until it ends, and one
+// whose NEW event was received but not yet dispatched still fires OnUse
+// (after Forget), then OnEnd; see the package documentation.
 func (w *Watcher) Forget(id string) {
 	w.t.forget(id)
 }
@@ -178,8 +180,11 @@ const (
 type item struct {
 	kind eventKind
 	p    peeked // what the reader admitted it by
-	s    snapshot
-	at   time.Time
+	// claim is the expectation that a NEW event claimed when the reader
+	// admitted it (see tracker.admit).
+	claim *expectation
+	s     snapshot
+	at    time.Time
 }
 
 // Run dispatches events until ctx is done, then closes the sockets and
@@ -282,7 +287,11 @@ func (w *Watcher) readEvents(items chan<- item) error {
 // event about a connection nobody expects, costs no allocation.
 func (w *Watcher) decode(typ, flags uint16, data []byte, now time.Time) (item, bool) {
 	p := peekEvent(typ, flags, data)
-	if p.kind == 0 || !w.t.admit(p) {
+	if p.kind == 0 {
+		return item{}, false
+	}
+	claim, admitted := w.t.admit(p)
+	if !admitted {
 		return item{}, false
 	}
 	msg := netlink.Message{
@@ -301,13 +310,13 @@ func (w *Watcher) decode(typ, flags uint16, data []byte, now time.Time) (item, b
 		s, ok = snapshotOf(ev.Flow)
 	}
 	if !ok {
-		w.t.settle(p)
+		w.t.settle(p, claim)
 		if err != nil {
 			w.log.Warn("conntrack: skipping undecodable event", "error", err)
 		}
 		return item{}, false
 	}
-	return item{kind: p.kind, p: p, s: s, at: now}, true
+	return item{kind: p.kind, p: p, claim: claim, s: s, at: now}, true
 }
 
 // dispatch handles one item. items is only used to catch up before a
@@ -315,8 +324,8 @@ func (w *Watcher) decode(typ, flags uint16, data []byte, now time.Time) (item, b
 func (w *Watcher) dispatch(it item, items <-chan item) {
 	switch it.kind {
 	case eventNew:
-		u, evicted, ok := w.t.observeNew(it.s, it.at)
-		w.t.settle(it.p)
+		u, evicted, ok := w.t.observeNew(it.s, it.at, it.claim)
+		w.t.settle(it.p, it.claim)
 		w.logEvicted(evicted)
 		if ok {
 			w.used(u)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/netip"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,37 +20,12 @@ func gatewayArgs() []string {
 
 // matrix returns every supported transfer of every operation against s.
 func matrix(t *testing.T, s *netlab.Server, ops []netlab.Op) []netlab.Transfer {
-	var xs []netlab.Transfer
-	for _, tool := range netlab.Tools {
-		for _, f := range netlab.Families {
-			for _, mode := range netlab.Modes {
-				if !netlab.Supported(tool, mode, f) {
-					continue
-				}
-				for _, op := range ops {
-					xs = append(xs, s.Transfer(t, tool, mode, op, f))
-				}
-			}
-		}
-	}
-	return xs
+	return netlab.Matrix(t, s, ops)
 }
 
-// runAll runs the transfers from ns, at most limit at a time, and returns
-// the results in order.
+// runAll runs the transfers from ns, at most limit at a time.
 func runAll(ctx context.Context, ns *netlab.NS, xs []netlab.Transfer, limit int) []netlab.Result {
-	res := make([]netlab.Result, len(xs))
-	sem := make(chan struct{}, limit)
-	var wg sync.WaitGroup
-	for i, x := range xs {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			res[i] = netlab.RunTransfer(ctx, ns, x)
-		})
-	}
-	wg.Wait()
-	return res
+	return netlab.RunAll(ctx, ns, xs, limit)
 }
 
 // gatewayTopo builds client — gateway — server (+ other) with the strict
@@ -120,6 +94,7 @@ func TestGatewayTransfers(t *testing.T) {
 				}
 			}
 			waitNoPinholes(t, topo.GW, 15*time.Second)
+			checkTransferLines(t, a, len(xs))
 			if n := len(a.Logs("pinhole open")); n < len(xs) {
 				t.Errorf("%d pinholes opened for %d transfers", n, len(xs))
 			}

@@ -347,7 +347,9 @@ func (rt *wiring) watchConntrack(ctx context.Context, c *runConfig) {
 	var pinholes sync.Map // pinhole ID -> rules.Pinhole, for the transfer line
 	w, err := conntrack.NewWatcher(conntrack.Config{
 		Log:   rt.log,
-		OnUse: func(id string, f conntrack.Flow) { rt.proxy.PinholeUsed(id) },
+		// Not on the watcher's goroutine: closing runs iptables, and the
+		// watcher must keep reading events meanwhile.
+		OnUse: func(id string, f conntrack.Flow) { go rt.proxy.PinholeUsed(id) },
 		OnEnd: func(id string, f conntrack.FlowEnd) {
 			attrs := []slog.Attr{slog.String("pinhole", id)}
 			if v, ok := pinholes.LoadAndDelete(id); ok {

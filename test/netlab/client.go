@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -475,4 +476,40 @@ func (s *Server) Verify(r Result) error {
 		}
 	}
 	return nil
+}
+
+// Matrix returns every supported transfer (client, mode, family) of every
+// operation in ops against s.
+func Matrix(t testing.TB, s *Server, ops []Op) []Transfer {
+	var xs []Transfer
+	for _, tool := range Tools {
+		for _, f := range Families {
+			for _, mode := range Modes {
+				if !Supported(tool, mode, f) {
+					continue
+				}
+				for _, op := range ops {
+					xs = append(xs, s.Transfer(t, tool, mode, op, f))
+				}
+			}
+		}
+	}
+	return xs
+}
+
+// RunAll runs the transfers from ns, at most limit at a time (they mostly
+// wait, so more than -parallel), and returns the results in order.
+func RunAll(ctx context.Context, ns *NS, xs []Transfer, limit int) []Result {
+	res := make([]Result, len(xs))
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	for i, x := range xs {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			res[i] = RunTransfer(ctx, ns, x)
+		})
+	}
+	wg.Wait()
+	return res
 }

@@ -170,41 +170,6 @@ func TestStrictFirewall(t *testing.T) {
 	wg.Wait()
 }
 
-// matrix returns every supported transfer of every operation against s.
-func matrix(t *testing.T, s *netlab.Server, ops []netlab.Op) []netlab.Transfer {
-	var xs []netlab.Transfer
-	for _, tool := range netlab.Tools {
-		for _, f := range netlab.Families {
-			for _, mode := range netlab.Modes {
-				if !netlab.Supported(tool, mode, f) {
-					continue
-				}
-				for _, op := range ops {
-					xs = append(xs, s.Transfer(t, tool, mode, op, f))
-				}
-			}
-		}
-	}
-	return xs
-}
-
-// runAll runs the transfers from ns, at most limit at a time (they mostly
-// wait, so more than -parallel), and returns the results in order.
-func runAll(ctx context.Context, ns *netlab.NS, xs []netlab.Transfer, limit int) []netlab.Result {
-	res := make([]netlab.Result, len(xs))
-	sem := make(chan struct{}, limit)
-	var wg sync.WaitGroup
-	for i, x := range xs {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			res[i] = netlab.RunTransfer(ctx, ns, x)
-		})
-	}
-	wg.Wait()
-	return res
-}
-
 // TestTransfersWithoutFirewall: with only forwarding and masquerade in the
 // gateway, every client, mode and operation works against every server over
 // both families. Active mode needs the server to accept a data address that
@@ -224,11 +189,11 @@ func TestTransfersWithoutFirewall(t *testing.T) {
 			srv := netlab.StartServer(t, tp.Server, kind, netlab.ServerOptions{AllowForeignDataAddress: true})
 			strict := netlab.StartServer(t, tp.Server, kind, netlab.ServerOptions{Port: 2121, PasvMin: 42000, PasvMax: 42099})
 
-			xs := matrix(t, srv, netlab.Ops)
+			xs := netlab.Matrix(t, srv, netlab.Ops)
 			refused := strict.Transfer(t, netlab.Curl, netlab.PORT, netlab.List, netlab.IPv4)
 			refused.Timeout = 10 * time.Second
 			xs = append(xs, refused)
-			results := runAll(ctx, tp.Client, xs, 4)
+			results := netlab.RunAll(ctx, tp.Client, xs, 4)
 
 			for _, r := range results[:len(results)-1] {
 				t.Run(strings.ReplaceAll(r.Transfer.String(), "/", "-"), func(t *testing.T) {
@@ -273,7 +238,7 @@ func TestTransfersFailWithStrictFirewall(t *testing.T) {
 				x.ConnectTimeout, x.Timeout = 2*time.Second, 5*time.Second
 				xs = append(xs, x)
 			}
-			for _, r := range runAll(ctx, tp.Client, xs, 4) {
+			for _, r := range netlab.RunAll(ctx, tp.Client, xs, 4) {
 				if r.Err == nil || r.SentCommand("USER") {
 					t.Errorf("control connection passed the strict firewall:\n%s", r.Summary())
 				}
@@ -282,11 +247,11 @@ func TestTransfersFailWithStrictFirewall(t *testing.T) {
 			if err := tp.AllowFTPControl(ctx); err != nil {
 				t.Fatal(err)
 			}
-			xs = matrix(t, srv, []netlab.Op{netlab.Retr, netlab.List})
+			xs = netlab.Matrix(t, srv, []netlab.Op{netlab.Retr, netlab.List})
 			for i := range xs {
 				xs[i].ConnectTimeout, xs[i].Timeout = 3*time.Second, 12*time.Second
 			}
-			for _, r := range runAll(ctx, tp.Client, xs, len(xs)) {
+			for _, r := range netlab.RunAll(ctx, tp.Client, xs, len(xs)) {
 				t.Run(strings.ReplaceAll(r.Transfer.String(), "/", "-"), func(t *testing.T) {
 					x := r.Transfer
 					if r.Err == nil {
