@@ -250,6 +250,9 @@ func (s *Session) watchTimeouts(timedOut chan<- error) func() {
 				default:
 					continue
 				}
+				// A write stuck on a client that does not read holds wmu:
+				// the deadline frees it, so the 421 can go out.
+				s.Client.SetWriteDeadline(time.Now().Add(time.Second))
 				s.refuseEnd(what, fmt.Sprintf("%s after %v", what, now.Sub(start).Round(time.Millisecond)), reply)
 				s.Client.Close()
 				s.Server.Close()

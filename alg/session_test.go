@@ -771,3 +771,26 @@ func TestEndlessReplyEndsSession(t *testing.T) {
 	}
 	h.wantRefusals("server reply")
 }
+
+func TestIdleTimeoutWithClientNotReading(t *testing.T) {
+	// A client that stops reading while the server talks: the session
+	// still ends at the idle timeout instead of hanging on a write.
+	cc, cp := net.Pipe()
+	sc, sp := net.Pipe()
+	pol := alg.DefaultPolicy()
+	pol.IdleTimeout = 200 * time.Millisecond
+	s := &alg.Session{ID: "s1", Client: cp, Server: sp, Endpoints: ep4,
+		Planner: &nat.Gateway{}, Backend: &rules.Fake{}, Policy: pol,
+		Log: slog.New(slog.DiscardHandler)}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(context.Background()) }()
+	go sc.Write([]byte("230 logged in already\r\n220 never read\r\n"))
+	go io.Copy(io.Discard, sc)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("session hung on a client that does not read")
+	}
+	cc.Close()
+	sc.Close()
+}
