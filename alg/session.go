@@ -59,18 +59,18 @@ type Session struct {
 	// queued behind it) are written. Lock order: wmu, then mu.
 	wmu sync.Mutex
 
-	mu      sync.Mutex
-	room    *sync.Cond // signalled when the FIFO shrinks or the session ends
-	fifo    []*entry   // outstanding commands, oldest first
-	cur     *pinhole   // the announced, not yet used pinhole
-	live    map[*pinhole]struct{}
-	nextPH  int
-	used    *pinhole // the pinhole of the transfer in progress (after its 1xx)
-	ended   bool
+	mu     sync.Mutex
+	room   *sync.Cond // signalled when the FIFO shrinks or the session ends
+	fifo   []*entry   // outstanding commands, oldest first
+	cur    *pinhole   // the announced, not yet used pinhole
+	live   map[*pinhole]struct{}
+	nextPH int
+	used   *pinhole // the pinhole of the transfer in progress (after its 1xx)
+	ended  bool
 
 	lastActive atomic.Int64 // unix nanoseconds of the last line either way
 	loggedIn   atomic.Bool
-	authRes chan bool // set while an AUTH awaits its reply (AllowTLS only)
+	authRes    chan bool // set while an AUTH awaits its reply (AllowTLS only)
 }
 
 // entry is one outstanding command, or a reply ftpalg composed itself that
