@@ -204,3 +204,68 @@ func CheckPassive(ep Endpoints, pol Policy, r ftp.Reply) (a Announcement, start,
 	}
 	return a, start, end, nil
 }
+
+// The refusals of lines that are not data-channel announcements. They are
+// shared by the Session and the capture inspector, so that both say the
+// same thing. End reports whether the session ends after the reply.
+
+// RefuseLineTooLong answers a command line longer than max bytes.
+func RefuseLineTooLong(max int) (r *Refusal, end bool) {
+	return refusal("500", fmt.Sprintf("command line too long (limit %d bytes); closing the connection", max),
+		fmt.Sprintf("command line longer than %d bytes", max)), true
+}
+
+// RefuseNUL answers a command line holding a NUL byte.
+func RefuseNUL() (r *Refusal, end bool) {
+	return refusal("500", "NUL byte in command; closing the connection", "NUL byte in a command line"), true
+}
+
+// RefuseSyntax answers a line that is not an FTP command. Binary garbage
+// (see Binary) or the MaxSyntaxErrors-th such line in a row ends the
+// session; a stray reply-shaped line does not.
+func RefuseSyntax(pol Policy, line []byte, err error, inARow int) (r *Refusal, end bool) {
+	if Binary(line) || inARow >= pol.MaxSyntaxErrors {
+		return refusal("500", "not an FTP command; closing the connection", fmt.Sprintf("not an FTP command: %v", err)), true
+	}
+	return refusal("500", "syntax error, not an FTP command", err.Error()), false
+}
+
+// RefuseServerReply answers (to the client) a server reply that is not FTP.
+func RefuseServerReply(err error) (r *Refusal, end bool) {
+	return refusal("421", "the server sent an invalid reply; closing the connection",
+		fmt.Sprintf("invalid reply from server: %v", err)), true
+}
+
+// CheckCommand refuses the commands the policy does not pass on: LPRT and
+// LPSV (RFC 1639, clients fall back), AUTH unless AllowTLS. PORT and EPRT
+// are checked by CheckActive.
+func CheckCommand(pol Policy, verb string) *Refusal {
+	switch verb {
+	case "LPRT", "LPSV":
+		return refusal("502", verb+" not supported; use EPRT/EPSV or PORT/PASV",
+			"long address formats (RFC 1639) are not supported")
+	case "AUTH":
+		if !pol.AllowTLS {
+			return refusal("534", "AUTH refused by policy; continue without TLS",
+				"TLS on the control channel is refused by policy (the ALG could not see announcements)")
+		}
+	}
+	return nil
+}
+
+// Binary reports whether a line holds bytes no FTP command line has: control
+// characters other than TAB and the line end, outside a leading telnet
+// sequence. A TLS ClientHello or random garbage is binary; "227 Entering"
+// typed by a confused client is not.
+func Binary(line []byte) bool {
+	i := 0
+	for i+1 < len(line) && line[i] == 0xff {
+		i += 2
+	}
+	for _, c := range line[i:] {
+		if (c < 0x20 && c != '\t' && c != '\r' && c != '\n') || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}

@@ -300,12 +300,14 @@ func (s *Session) clientToServer(ctx context.Context) error {
 		cmd, err := ftp.ParseCommand(line)
 		if err != nil {
 			syntaxErrs++
-			if binary(line) || syntaxErrs >= s.pol.MaxSyntaxErrors {
-				s.refuseEnd("garbage", fmt.Sprintf("not an FTP command: %v", err),
-					"500 ftpalg: not an FTP command; closing the connection")
+			ref, end := RefuseSyntax(s.pol, line, err, syntaxErrs)
+			what := "syntax"
+			if end {
+				what = "garbage"
+				s.refuseEnd(what, ref.Why, ref.Reply)
 				return errEnd
 			}
-			if err := s.refuse(ctx, "syntax", err.Error(), "500 ftpalg: syntax error, not an FTP command"); err != nil {
+			if err := s.refuse(ctx, what, ref.Why, ref.Reply); err != nil {
 				return err
 			}
 			continue
@@ -322,43 +324,24 @@ func (s *Session) clientReadError(err error) error {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return nil
 	case errors.Is(err, ftp.ErrLineTooLong):
-		s.refuseEnd("line too long", fmt.Sprintf("command line longer than %d bytes", s.pol.MaxLine),
-			fmt.Sprintf("500 ftpalg: command line too long (limit %d bytes); closing the connection", s.pol.MaxLine))
+		ref, _ := RefuseLineTooLong(s.pol.MaxLine)
+		s.refuseEnd("line too long", ref.Why, ref.Reply)
 		return errEnd
 	case errors.Is(err, ftp.ErrNUL):
-		s.refuseEnd("NUL", "NUL byte in a command line", "500 ftpalg: NUL byte in command; closing the connection")
+		ref, _ := RefuseNUL()
+		s.refuseEnd("NUL", ref.Why, ref.Reply)
 		return errEnd
 	}
 	return err
 }
 
-// binary reports whether a line holds bytes no FTP command line has: control
-// characters other than TAB and the line end, outside a leading telnet
-// sequence. A TLS ClientHello or random garbage is binary; "227 Entering"
-// typed by a confused client is not.
-func binary(line []byte) bool {
-	i := 0
-	for i+1 < len(line) && line[i] == 0xff {
-		i += 2
-	}
-	for _, c := range line[i:] {
-		if (c < 0x20 && c != '\t' && c != '\r' && c != '\n') || c == 0x7f {
-			return true
-		}
-	}
-	return false
-}
-
 func (s *Session) handleCommand(ctx context.Context, cmd ftp.Command, line []byte) error {
 	switch cmd.Verb {
-	case "LPRT", "LPSV":
-		return s.refuse(ctx, cmd.Verb, "long address formats (RFC 1639) are not supported",
-			fmt.Sprintf("502 ftpalg: %s not supported; use EPRT/EPSV or PORT/PASV", cmd.Verb))
-	case "AUTH":
-		if !s.pol.AllowTLS {
-			return s.refuse(ctx, "AUTH", "TLS on the control channel is refused by policy (the ALG could not see announcements)",
-				"534 ftpalg: AUTH refused by policy; continue without TLS")
+	case "LPRT", "LPSV", "AUTH":
+		if ref := CheckCommand(s.pol, cmd.Verb); ref != nil {
+			return s.refuse(ctx, cmd.Verb, ref.Why, ref.Reply)
 		}
+		// Only AUTH with AllowTLS gets here.
 		return s.forwardAuth(ctx, cmd, line)
 	case "PORT", "EPRT":
 		out, ref := s.active(ctx, cmd, line)
@@ -505,8 +488,8 @@ func (s *Session) serverToClient(ctx context.Context) error {
 				return nil
 			case errors.Is(err, ftp.ErrLineTooLong), errors.Is(err, ftp.ErrReplyTooLong),
 				errors.Is(err, ftp.ErrNUL), errors.Is(err, ftp.ErrSyntax):
-				s.refuseEnd("server reply", fmt.Sprintf("invalid reply from server: %v", err),
-					"421 ftpalg: the server sent an invalid reply; closing the connection")
+				ref, _ := RefuseServerReply(err)
+				s.refuseEnd("server reply", ref.Why, ref.Reply)
 				return errEnd
 			}
 			return err

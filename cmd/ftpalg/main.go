@@ -83,6 +83,12 @@ func mainErr(args []string, stdout, stderr io.Writer) int {
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
+	// A command may choose its exit status (inspect --fail-on-violation: 3).
+	var ec interface{ ExitCode() int }
+	if errors.As(err, &ec) {
+		fmt.Fprintln(stderr, "ftpalg:", err)
+		return ec.ExitCode()
+	}
 	var ue usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintln(stderr, "ftpalg:", err)

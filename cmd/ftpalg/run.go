@@ -346,7 +346,7 @@ func (rt *wiring) watchConntrack(ctx context.Context, c *runConfig) {
 	}
 	var pinholes sync.Map // pinhole ID -> rules.Pinhole, for the transfer line
 	w, err := conntrack.NewWatcher(conntrack.Config{
-		Log:   rt.log,
+		Log: rt.log,
 		// Not on the watcher's goroutine: closing runs iptables, and the
 		// watcher must keep reading events meanwhile.
 		OnUse: func(id string, f conntrack.Flow) { go rt.proxy.PinholeUsed(id) },
