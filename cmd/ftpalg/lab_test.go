@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -271,6 +272,51 @@ func TestLabCapture(t *testing.T) {
 	}
 	if !strings.Contains(out, fmt.Sprintf("Wrote %d packets", packets)) {
 		t.Errorf("the story names another packet count than the file's %d", packets)
+	}
+
+	// ftpalg inspect finds the lab's announcements in the lab's capture,
+	// each with a pinhole, and one violation: step 1's PORT, seen outside
+	// the gateway, names the client's private address from its
+	// masqueraded one, which is what NAT breaks without an ALG.
+	var rep, errOut bytes.Buffer
+	if code := mainErr([]string{"inspect", "--json", file}, &rep, &errOut); code != 0 {
+		t.Fatalf("inspect exited %d: %s", code, errOut.String())
+	}
+	var report struct {
+		Sessions []struct {
+			Announcements []struct {
+				Kind    string
+				Pinhole *struct{}
+			}
+			Violations []struct{ What, Why string }
+		}
+	}
+	if err := json.Unmarshal(rep.Bytes(), &report); err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	bounces := 0
+	for _, s := range report.Sessions {
+		for _, a := range s.Announcements {
+			if a.Pinhole != nil {
+				kinds[a.Kind]++
+			}
+		}
+		for _, v := range s.Violations {
+			if v.What == "bounce" && strings.Contains(v.Why, "PORT names 192.0.2.2, the client is 203.0.113.1") {
+				bounces++
+				continue
+			}
+			t.Errorf("inspect reports an unexpected violation in the lab's capture: %s: %s", v.What, v.Why)
+		}
+	}
+	if bounces == 0 {
+		t.Error("inspect did not see step 1's PORT broken by NAT")
+	}
+	for _, k := range []string{"PASV", "EPSV", "PORT", "EPRT"} {
+		if kinds[k] == 0 {
+			t.Errorf("inspect found no %s announcement with a pinhole in the lab's capture (found %v)", k, kinds)
+		}
 	}
 }
 
