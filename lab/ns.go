@@ -9,13 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/ftpalg/ftpalg/lab/namespace"
 )
 
 // Prefix starts the name of every network namespace the lab creates:
@@ -51,63 +50,16 @@ func xtables(v6 bool) string {
 
 // do runs fn on an OS thread switched into the namespace. Sockets that fn
 // creates stay in the namespace after do returns.
-func (n *netNS) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// The thread is unlocked only if it could be switched back; if not,
-		// it ends with this goroutine and the runtime discards it.
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("getting the current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(n.name)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("opening network namespace %s: %w", n.name, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering network namespace %s: %w", n.name, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			ferr = errors.Join(ferr, fmt.Errorf("leaving network namespace %s: %w", n.name, err))
-		} else {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (n *netNS) do(fn func() error) error { return namespace.Do(n.name, fn) }
 
 // dial connects to addr from inside the namespace.
 func (n *netNS) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := n.do(func() error {
-		var d net.Dialer
-		var err error
-		c, err = d.DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
+	return namespace.Dial(ctx, n.name, network, addr)
 }
 
 // listen listens on addr inside the namespace.
 func (n *netNS) listen(network, addr string) (net.Listener, error) {
-	var l net.Listener
-	err := n.do(func() error {
-		var err error
-		l, err = net.Listen(network, addr)
-		return err
-	})
-	return l, err
+	return namespace.Listen(n.name, network, addr)
 }
 
 // sysctl sets the sysctls (dotted keys) in the namespace. A key that the

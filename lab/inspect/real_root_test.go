@@ -5,20 +5,18 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/lab/namespace"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
-	"github.com/vishvananda/netns"
 )
 
 // The root-only test below builds two network namespaces joined by a veth
@@ -60,40 +58,7 @@ func run(ctx context.Context, name string, args ...string) (string, error) {
 
 // inNetns runs fn on an OS thread switched into the named namespace.
 // Sockets fn creates stay in that namespace.
-func inNetns(name string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("getting the current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(name)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("opening netns %s: %w", name, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering netns %s: %w", name, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// The thread stays locked and dies with this goroutine.
-			errc <- errors.Join(ferr, fmt.Errorf("leaving netns %s: %w", name, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func inNetns(name string, fn func() error) error { return namespace.Do(name, fn) }
 
 // sentinel marks the last packet of a capture.
 var sentinel = []byte("ftpalg-inspect: end of capture")

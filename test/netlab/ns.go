@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/ftpalg/ftpalg/lab/namespace"
 )
 
 // NS is one named network namespace (a host of a topology). Programs run in it
@@ -125,54 +124,11 @@ func (n *NS) PIDs(ctx context.Context) ([]int, error) {
 // Do runs fn on an OS thread switched into the namespace. Sockets that fn
 // creates stay in the namespace after Do returns. fn must not start
 // goroutines that expect to be in the namespace.
-func (n *NS) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// The thread is unlocked only if it could be switched back; otherwise
-		// it ends with this goroutine and the runtime discards it.
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("getting current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(n.Name)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("opening netns %s: %w", n.Name, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering netns %s: %w", n.Name, err)
-			return
-		}
-		var ferr error
-		defer func() {
-			if err := netns.Set(orig); err != nil {
-				ferr = errors.Join(ferr, fmt.Errorf("leaving netns %s: %w", n.Name, err))
-			} else {
-				runtime.UnlockOSThread()
-			}
-			errc <- ferr
-		}()
-		ferr = fn()
-	}()
-	return <-errc
-}
+func (n *NS) Do(fn func() error) error { return namespace.Do(n.Name, fn) }
 
 // DialContext connects to addr from inside the namespace.
 func (n *NS) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := n.Do(func() error {
-		var d net.Dialer
-		var err error
-		c, err = d.DialContext(ctx, network, addr)
-		return err
-	})
+	c, err := namespace.Dial(ctx, n.Name, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("dialing %s %s from %s: %w", network, addr, n.Name, err)
 	}
@@ -181,12 +137,7 @@ func (n *NS) DialContext(ctx context.Context, network, addr string) (net.Conn, e
 
 // Listen listens on addr inside the namespace.
 func (n *NS) Listen(network, addr string) (net.Listener, error) {
-	var l net.Listener
-	err := n.Do(func() error {
-		var err error
-		l, err = net.Listen(network, addr)
-		return err
-	})
+	l, err := namespace.Listen(n.Name, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s %s in %s: %w", network, addr, n.Name, err)
 	}
