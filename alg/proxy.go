@@ -167,7 +167,7 @@ func (p *Proxy) accept(ctx context.Context, c net.Conn) {
 	}
 	if why != "" {
 		p.mu.Unlock()
-		p.reject(c, client, "limit", why, "421 ftpalg: too many connections; try again later")
+		p.reject(c, client, netip.AddrPort{}, "limit", why, "421 ftpalg: too many connections; try again later")
 		return
 	}
 	p.seq++
@@ -191,8 +191,12 @@ func (p *Proxy) accept(ctx context.Context, c net.Conn) {
 	}()
 }
 
-func (p *Proxy) reject(c net.Conn, client netip.AddrPort, what, why, reply string) {
-	p.log().Warn("refused", "client", client.String(), "what", what, "why", why, "reply", reply)
+func (p *Proxy) reject(c net.Conn, client, server netip.AddrPort, what, why, reply string) {
+	attrs := []any{"client", client.String()}
+	if server.IsValid() {
+		attrs = append(attrs, "server", server.String())
+	}
+	p.log().Warn("refused", append(attrs, "what", what, "why", why, "reply", reply)...)
 	c.SetWriteDeadline(time.Now().Add(time.Second))
 	c.Write([]byte(reply + "\r\n"))
 	c.Close()
@@ -201,7 +205,7 @@ func (p *Proxy) reject(c net.Conn, client netip.AddrPort, what, why, reply strin
 func (p *Proxy) run(ctx context.Context, id string, c net.Conn, client netip.AddrPort) {
 	srv, err := p.Upstream(c)
 	if err != nil {
-		p.reject(c, client, "upstream", err.Error(), "421 ftpalg: no server for this connection")
+		p.reject(c, client, netip.AddrPort{}, "upstream", err.Error(), "421 ftpalg: no server for this connection")
 		return
 	}
 	timeout := p.ConnectTimeout
@@ -217,7 +221,7 @@ func (p *Proxy) run(ctx context.Context, id string, c net.Conn, client netip.Add
 	}
 	u, err := dial(dctx, "tcp", srv.String())
 	if err != nil {
-		p.reject(c, client, "connect", fmt.Sprintf("dialling %s: %v", srv, err),
+		p.reject(c, client, srv, "connect", fmt.Sprintf("dialling %s: %v", srv, err),
 			"421 ftpalg: cannot reach the server; try again later")
 		return
 	}

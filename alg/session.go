@@ -241,11 +241,15 @@ func (s *Session) watchTimeouts(timedOut chan<- error) func() {
 				return
 			case now := <-t.C:
 				var what, reply string
+				// transferring before lastActive: a reply is stamped before
+				// it is popped, so a transfer that just ended is seen with
+				// its fresh stamp.
+				busy := s.transferring()
 				idle := now.Sub(time.Unix(0, s.lastActive.Load()))
 				switch {
 				case !s.loggedIn.Load() && now.Sub(start) >= s.pol.LoginTimeout:
 					what, reply = "login timeout", fmt.Sprintf("421 ftpalg: not logged in after %v; closing the connection", s.pol.LoginTimeout)
-				case idle >= s.pol.IdleTimeout && !s.transferring():
+				case idle >= s.pol.IdleTimeout && !busy:
 					what, reply = "idle timeout", fmt.Sprintf("421 ftpalg: idle for %v; closing the connection", s.pol.IdleTimeout)
 				default:
 					continue

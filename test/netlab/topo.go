@@ -431,6 +431,10 @@ func Main(m *testing.M) {
 	os.Exit(runMain(m))
 }
 
+// Run is Main without the exit: it returns the exit code, so that a
+// TestMain can clean up its own things first.
+func Run(m *testing.M) int { return runMain(m) }
+
 func runMain(m *testing.M) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if os.Geteuid() != 0 {
