@@ -42,6 +42,12 @@ import (
 // "ftpalg:<session>:<pinhole ID>" for pinhole rules, "ftpalg:intercept" and
 // "ftpalg:listener" for the rules Intercept installs. Both iptables and
 // ip6tables are managed, each with the same chains.
+//
+// Setup, Teardown and Intercept run single commands through go-iptables.
+// Open and Close run iptables-restore, coalescing the changes of sessions
+// that arrive together (iptables_restore.go). Verify, Repair and Watch
+// notice a firewall reload and put back what it removed
+// (iptables_repair.go).
 
 // Owned chain names.
 const (
@@ -106,9 +112,16 @@ type ipTables interface {
 	ChainExists(table, chain string) (bool, error)
 	ListChains(table string) ([]string, error)
 	List(table, chain string) ([]string, error)
+	// ListTable lists a whole table like "iptables -t table -S". With
+	// iptables-nft every command reads the whole table, so one call is
+	// as cheap as one List.
+	ListTable(table string) ([]string, error)
+	// Restore runs "iptables-restore --noflush" with input in the format
+	// of iptables-save (iptables_restore.go).
+	Restore(input []byte) error
 }
 
-var _ ipTables = (*iptables.IPTables)(nil)
+var _ ipTables = (*kernelIPTables)(nil)
 
 // isNotExist reports whether err says that a chain or rule does not exist,
 // for go-iptables errors and the fake's alike.
@@ -138,6 +151,9 @@ type IPTablesConfig struct {
 type family struct {
 	name string // "iptables" or "ip6tables", the prefix of Rules lines
 	ipt  ipTables
+	// adds and dels coalesce the pinhole changes of this family: Opens
+	// and Closes apart, since a restore that deletes takes long.
+	adds, dels batcher
 }
 
 // rule is one rule ftpalg installed.
@@ -145,6 +161,10 @@ type rule struct {
 	fam          *family
 	table, chain string
 	spec         []string
+	// seq orders the rules of pinholes and Intercept: the value of
+	// IPTables.seq when the rule was installed. Repair re-installs rules
+	// in this order.
+	seq uint64
 }
 
 // IPTables is the Backend that makes pinholes live as iptables and ip6tables
@@ -158,10 +178,13 @@ type rule struct {
 //	err = t.Intercept(ctx, []string{"eth1"}, 2121)
 //	err = t.Open(ctx, p)      // ... t.Close(ctx, p)
 //
-// Its methods are safe for concurrent use. Setup, Teardown and Intercept
-// run alone; Open, Close, Rules and Verify run concurrently with each other,
-// since with iptables-nft every command that deletes rules waits some 17ms
-// in the kernel, and an Open should not queue behind other sessions' Closes.
+// Its methods are safe for concurrent use. Setup, Teardown, Intercept,
+// AllowListeners and a Repair that finds damage run alone; Open, Close,
+// Rules and Verify run concurrently with each other. Each Open and each
+// Close is one iptables-restore transaction per family, and those that
+// arrive while one runs are applied together in the next
+// (iptables_restore.go). The iptables commands run on the calling
+// goroutine's thread, hence in its network namespace.
 type IPTables struct {
 	log     *slog.Logger
 	variant string
@@ -171,11 +194,18 @@ type IPTables struct {
 	// by the others.
 	life sync.RWMutex
 
-	mu        sync.Mutex        // guards the fields below; never held while a command runs
-	ready     bool              // Setup has succeeded, Teardown not yet run
-	open      map[string][]rule // rules of each open pinhole, by pinhole ID
-	busy      map[string]bool   // IDs of pinholes being opened or closed
-	intercept []rule            // rules installed by Intercept
+	mu        sync.Mutex              // guards the fields below; never held while a command runs
+	ready     bool                    // Setup has succeeded, Teardown not yet run
+	open      map[string]*livePinhole // open pinholes, by pinhole ID
+	seq       uint64                  // counts installs, to order rules (rule.seq)
+	busy      map[string]bool         // IDs of pinholes being opened or closed
+	intercept []rule                  // rules installed by Intercept and AllowListeners
+}
+
+// livePinhole is the state of one open pinhole.
+type livePinhole struct {
+	fam   *family
+	rules []rule // its rules in the firewall
 }
 
 var _ Backend = (*IPTables)(nil)
@@ -194,11 +224,15 @@ func NewIPTables(cfg IPTablesConfig) (*IPTables, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	v4, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(secs))
+	ipt4, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(secs))
 	if err != nil {
 		return nil, fmt.Errorf("finding iptables: %w", err)
 	}
 	variant, err := commandVariant("iptables")
+	if err != nil {
+		return nil, err
+	}
+	v4, err := newKernelIPTables(ipt4, "iptables", variant, secs)
 	if err != nil {
 		return nil, err
 	}
@@ -209,13 +243,15 @@ func NewIPTables(cfg IPTablesConfig) (*IPTables, error) {
 		if err != nil {
 			return nil, fmt.Errorf("finding ip6tables: %w", err)
 		}
-		v6 = ipt6
 		if variant6, err = commandVariant("ip6tables"); err != nil {
 			return nil, err
 		}
 		if variant6 != variant {
 			log.Warn("iptables and ip6tables use different variants",
 				"iptables", variant, "ip6tables", variant6)
+		}
+		if v6, err = newKernelIPTables(ipt6, "ip6tables", variant6, secs); err != nil {
+			return nil, err
 		}
 	}
 	t := newIPTables(log, variant, v4, v6)
@@ -230,7 +266,7 @@ func newIPTables(log *slog.Logger, variant string, v4, v6 ipTables) *IPTables {
 		log:     log,
 		variant: variant,
 		v4:      &family{name: "iptables", ipt: v4},
-		open:    make(map[string][]rule),
+		open:    make(map[string]*livePinhole),
 		busy:    make(map[string]bool),
 	}
 	if v6 != nil {
@@ -522,9 +558,12 @@ func (t *IPTables) family(p Pinhole) (*family, error) {
 // Open makes p live: it appends the ACCEPT rules (filter FTPALG-FORWARD and
 // FTPALG-INPUT), and when p translates, the DNAT rules (nat
 // FTPALG-PREROUTING and FTPALG-OUTPUT) and the SNAT rules (nat
-// FTPALG-POSTROUTING and FTPALG-INPUT). It is all-or-nothing: on error, the
-// rules it added are removed again. When it returns nil, every rule is in
-// the kernel. Setup must have run.
+// FTPALG-POSTROUTING and FTPALG-INPUT), in one iptables-restore run shared
+// with the other pinhole changes that wait for the same run. It is
+// all-or-nothing: on error, the rules it added are removed again. When it
+// returns nil, every rule is in the kernel. When ctx ends while Open waits
+// for its run, it returns ctx's error and changes nothing. Setup must have
+// run.
 func (t *IPTables) Open(ctx context.Context, p Pinhole) error {
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("opening pinhole: %w", err)
@@ -553,12 +592,18 @@ func (t *IPTables) Open(ctx context.Context, p Pinhole) error {
 	t.busy[p.ID] = true
 	t.mu.Unlock()
 
-	err = t.install(ctx, rules)
+	if err = ctx.Err(); err == nil {
+		_, err = t.apply(ctx, fam, change{rules: rules})
+	}
 
 	t.mu.Lock()
 	delete(t.busy, p.ID)
 	if err == nil {
-		t.open[p.ID] = rules
+		t.seq++
+		for i := range rules {
+			rules[i].seq = t.seq
+		}
+		t.open[p.ID] = &livePinhole{fam: fam, rules: rules}
 	}
 	t.mu.Unlock()
 	if err != nil {
@@ -568,17 +613,18 @@ func (t *IPTables) Open(ctx context.Context, p Pinhole) error {
 	return nil
 }
 
-// Close removes the rules of the pinhole with p's ID. A pinhole that is not
-// open is not an error, nor is a rule that is already gone (flushed by
-// someone else). When a rule cannot be removed, the pinhole stays known with
-// the remaining rules, so that a later Close retries. Like Teardown, Close is
-// not interrupted by ctx. Close of a pinhole whose Open or Close is still
+// Close removes the rules of the pinhole with p's ID, in one
+// iptables-restore run shared like Open's. A pinhole that is not open is not
+// an error, nor is a rule that is already gone (flushed by someone else).
+// When a rule cannot be removed, the pinhole stays known with the remaining
+// rules, so that a later Close retries. Like Teardown, Close is not
+// interrupted by ctx. Close of a pinhole whose Open or Close is still
 // running returns nil at once.
 func (t *IPTables) Close(ctx context.Context, p Pinhole) error {
 	t.life.RLock()
 	defer t.life.RUnlock()
 	t.mu.Lock()
-	rules, ok := t.open[p.ID]
+	live, ok := t.open[p.ID]
 	if !ok || t.busy[p.ID] {
 		t.mu.Unlock()
 		return nil
@@ -587,12 +633,12 @@ func (t *IPTables) Close(ctx context.Context, p Pinhole) error {
 	t.busy[p.ID] = true
 	t.mu.Unlock()
 
-	left, err := remove(rules)
+	left, err := t.apply(context.WithoutCancel(ctx), live.fam, change{del: true, rules: live.rules})
 
 	t.mu.Lock()
 	delete(t.busy, p.ID)
-	if err != nil {
-		t.open[p.ID] = left
+	if len(left) > 0 {
+		t.open[p.ID] = &livePinhole{fam: live.fam, rules: left}
 	}
 	t.mu.Unlock()
 	if err != nil {
@@ -680,8 +726,8 @@ func pinholeRules(f *family, p Pinhole, comment string) []rule {
 			"--tcp-flags", "FIN,SYN,RST,ACK", "SYN", "-m", "conntrack", "--ctstate", "NEW"},
 		origDst, tail("ACCEPT"))
 	rules := []rule{
-		{f, "filter", chainForward, accept},
-		{f, "filter", chainInput, accept},
+		{fam: f, table: "filter", chain: chainForward, spec: accept},
+		{fam: f, table: "filter", chain: chainInput, spec: accept},
 	}
 	if p.DNAT.IsValid() {
 		dnat := slices.Concat(
@@ -689,8 +735,8 @@ func pinholeRules(f *family, p Pinhole, comment string) []rule {
 				"-m", "conntrack", "--ctstate", "NEW"},
 			tail("DNAT", "--to-destination", p.DNAT.String()))
 		rules = append(rules,
-			rule{f, "nat", chainPrerouting, dnat},
-			rule{f, "nat", chainOutput, dnat})
+			rule{fam: f, table: "nat", chain: chainPrerouting, spec: dnat},
+			rule{fam: f, table: "nat", chain: chainOutput, spec: dnat})
 	}
 	if p.SNAT.IsValid() {
 		snat := slices.Concat(
@@ -698,8 +744,8 @@ func pinholeRules(f *family, p Pinhole, comment string) []rule {
 				"-m", "conntrack", "--ctstate", "NEW"},
 			origDst, tail("SNAT", "--to-source", p.SNAT.String()))
 		rules = append(rules,
-			rule{f, "nat", chainPostrouting, snat},
-			rule{f, "nat", chainInput, snat})
+			rule{fam: f, table: "nat", chain: chainPostrouting, spec: snat},
+			rule{fam: f, table: "nat", chain: chainInput, spec: snat})
 	}
 	return rules
 }
@@ -741,9 +787,9 @@ func (t *IPTables) Intercept(ctx context.Context, ifaces []string, listenPort ui
 	for _, f := range t.families() {
 		for _, ifc := range ifaces {
 			want = append(want,
-				rule{f, "nat", chainPrerouting, []string{"-i", ifc, "-p", "tcp", "-m", "tcp", "--dport", portArg(ftpPort),
+				rule{fam: f, table: "nat", chain: chainPrerouting, spec: []string{"-i", ifc, "-p", "tcp", "-m", "tcp", "--dport", portArg(ftpPort),
 					"-m", "comment", "--comment", interceptNote, "-j", "REDIRECT", "--to-ports", portArg(listenPort)}},
-				rule{f, "filter", chainInput, []string{"-i", ifc, "-p", "tcp", "-m", "tcp", "--dport", portArg(listenPort),
+				rule{fam: f, table: "filter", chain: chainInput, spec: []string{"-i", ifc, "-p", "tcp", "-m", "tcp", "--dport", portArg(listenPort),
 					"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdstport", portArg(ftpPort),
 					"-m", "comment", "--comment", listenerNote, "-j", "ACCEPT"}})
 		}
@@ -776,6 +822,14 @@ func (t *IPTables) Intercept(ctx context.Context, ifaces []string, listenPort ui
 	// The wanted rules are all in; what could not be removed stays
 	// recorded so that a later call or Teardown removes it.
 	t.mu.Lock()
+	for i, r := range want {
+		if j := slices.IndexFunc(cur, func(x rule) bool { return sameRule(x, r) }); j >= 0 {
+			want[i] = cur[j]
+		} else {
+			t.seq++
+			want[i].seq = t.seq
+		}
+	}
 	t.intercept = append(want, left...)
 	t.mu.Unlock()
 	if err != nil {
@@ -842,97 +896,6 @@ func (t *IPTables) Rules(ctx context.Context) ([]string, error) {
 	}
 	slices.Sort(out)
 	return out, nil
-}
-
-// Verify reports whether everything t installed is still in place: every
-// owned chain, every jump to it, and in each owned chain as many rules with
-// each ftpalg comment as t added. A difference (e.g. after a firewall reload
-// flushed the tables) yields an error wrapping ErrRulesChanged; a failure to
-// read the firewall yields another error. Before Setup, or after Teardown,
-// everything counts as missing.
-func (t *IPTables) Verify(ctx context.Context) error {
-	t.life.RLock()
-	defer t.life.RUnlock()
-	// want counts the expected rules per family, table, chain and comment.
-	type key struct {
-		fam                   *family
-		table, chain, comment string
-	}
-	want := make(map[key]int)
-	count := func(r rule) {
-		c, _ := argAfter(r.spec, "--comment")
-		want[key{r.fam, r.table, r.chain, c}]++
-	}
-	// Pinholes being opened are not counted yet, and those being closed
-	// no longer: the firewall holds at least what is counted.
-	t.mu.Lock()
-	for _, rs := range t.open {
-		for _, r := range rs {
-			count(r)
-		}
-	}
-	for _, r := range t.intercept {
-		count(r)
-	}
-	ready := t.ready
-	t.mu.Unlock()
-	var missing []string
-	for _, f := range t.families() {
-		for _, h := range hooks {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			jump := fmt.Sprintf("%s -t %s jump %s -> %s", f.name, h.table, h.builtin, h.chain)
-			// iptables-nft does not say "does not exist" when asked to
-			// list a missing chain: ask first.
-			ok, err := f.ipt.ChainExists(h.table, h.chain)
-			if err != nil {
-				return fmt.Errorf("verifying %s chain %s in table %s: %w", f.name, h.chain, h.table, err)
-			}
-			if !ok {
-				// No jump to a missing chain either.
-				missing = append(missing, fmt.Sprintf("%s -t %s chain %s", f.name, h.table, h.chain), jump)
-				continue
-			}
-			lines, err := f.ipt.List(h.table, h.chain)
-			if err != nil {
-				return fmt.Errorf("verifying %s chain %s in table %s: %w", f.name, h.chain, h.table, err)
-			}
-			ok, err = f.ipt.Exists(h.table, h.builtin, jumpSpec(h.chain)...)
-			if err != nil && !isNotExist(err) { // the chain went meanwhile
-				return fmt.Errorf("verifying %s jump from %s to %s: %w", f.name, h.builtin, h.chain, err)
-			}
-			if !ok {
-				missing = append(missing, jump)
-			}
-			have := make(map[string]int)
-			for _, line := range lines {
-				if !strings.HasPrefix(line, "-A ") {
-					continue
-				}
-				args, err := splitRuleLine(line)
-				if err != nil {
-					return fmt.Errorf("verifying %s chain %s in table %s: parsing %q: %w", f.name, h.chain, h.table, line, err)
-				}
-				c, _ := argAfter(args, "--comment")
-				have[c]++
-			}
-			for k, n := range want {
-				if k.fam == f && k.table == h.table && k.chain == h.chain && have[k.comment] < n {
-					missing = append(missing, fmt.Sprintf("%s -t %s chain %s: %d of %d rules %q",
-						f.name, h.table, h.chain, n-have[k.comment], n, k.comment))
-				}
-			}
-		}
-	}
-	if !ready {
-		missing = append(missing, "backend not set up")
-	}
-	if len(missing) > 0 {
-		slices.Sort(missing)
-		return fmt.Errorf("%w: %s", ErrRulesChanged, strings.Join(missing, "; "))
-	}
-	return nil
 }
 
 // Flush removes everything ftpalg owns from the firewall, as left by any

@@ -1,9 +1,11 @@
 package rules
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -22,12 +24,15 @@ type fakeIPTables struct {
 	tables map[string]map[string]*fakeChain
 	// failOn, when set, is called at the start of every command that
 	// changes something (op is the method name: Append, Insert, Delete,
-	// NewChain, ClearChain, DeleteChain), without holding the fake's lock,
-	// so it may block like a slow command; a non-nil result is returned
-	// and nothing changes. Set it while no command runs.
+	// NewChain, ClearChain, DeleteChain), and by Restore for each line
+	// that changes something, with the op of the same change; without
+	// holding the fake's lock, so it may block like a slow command. A
+	// non-nil result is returned and nothing changes (Restore: nothing in
+	// that line's table). Set it while no command runs.
 	failOn func(op, table, chain string, spec []string) error
-	// cmds counts the commands run, as the real backend would exec them.
-	cmds int
+	// cmds counts the commands run, as the real backend would exec them;
+	// restores counts the Restore calls among them.
+	cmds, restores int
 }
 
 type fakeChain struct {
@@ -127,6 +132,10 @@ func (f *fakeIPTables) Append(table, chain string, spec ...string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.cmds++
+	return f.appendRule(table, chain, spec)
+}
+
+func (f *fakeIPTables) appendRule(table, chain string, spec []string) error {
 	c, err := f.chain(table, chain)
 	if err != nil {
 		return err
@@ -146,6 +155,10 @@ func (f *fakeIPTables) Insert(table, chain string, pos int, spec ...string) erro
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.cmds++
+	return f.insertRule(table, chain, pos, spec)
+}
+
+func (f *fakeIPTables) insertRule(table, chain string, pos int, spec []string) error {
 	c, err := f.chain(table, chain)
 	if err != nil {
 		return err
@@ -168,6 +181,10 @@ func (f *fakeIPTables) Delete(table, chain string, spec ...string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.cmds++
+	return f.deleteRule(table, chain, spec)
+}
+
+func (f *fakeIPTables) deleteRule(table, chain string, spec []string) error {
 	c, err := f.chain(table, chain)
 	if err != nil {
 		return err
@@ -333,6 +350,32 @@ func (f *fakeIPTables) List(table, chain string) ([]string, error) {
 	return out, nil
 }
 
+// ListTable returns table the way "iptables -t table -S" prints it.
+func (f *fakeIPTables) ListTable(table string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.cmds++
+	t, ok := f.tables[table]
+	if !ok {
+		return nil, &fakeError{3, fmt.Sprintf("iptables: can't initialize iptables table `%s': Table does not exist", table), false}
+	}
+	var out []string
+	names := f.chainNames(table)
+	for _, name := range names {
+		if t[name].builtin {
+			out = append(out, "-P "+name+" ACCEPT")
+		} else {
+			out = append(out, "-N "+name)
+		}
+	}
+	for _, name := range names {
+		for _, r := range t[name].rules {
+			out = append(out, "-A "+name+" "+formatSpec(r))
+		}
+	}
+	return out, nil
+}
+
 // save returns the whole fake in the format of iptables-save without
 // counters and comment lines, tables by name.
 func (f *fakeIPTables) save() string {
@@ -371,4 +414,143 @@ func formatSpec(spec []string) string {
 		out[i] = a
 	}
 	return strings.Join(out, " ")
+}
+
+// restoreLine is one line of Restore input that changes something.
+type restoreLine struct {
+	n      int    // line number, from 1
+	op     string // Append, Delete, Insert, or NewChain for a chain line
+	chain  string
+	pos    int      // Insert position
+	policy string   // chain line: "-" for a user chain
+	spec   []string // rule specification
+}
+
+// Restore applies input like "iptables-restore --noflush" does: "*table"
+// opens a table, "COMMIT" commits it, ":CHAIN - [0:0]" creates a user
+// chain or flushes the existing one, ":BUILTIN POLICY [0:0]" is accepted
+// (the fake keeps every policy ACCEPT), "-A", "-D" and "-I chain [pos]"
+// change rules; empty lines and "#" comments are skipped. Each table is
+// committed on its own: at the first error the run stops, the failing
+// table stays as it was and the tables committed before stay changed.
+func (f *fakeIPTables) Restore(input []byte) error {
+	f.mu.Lock()
+	f.cmds++
+	f.restores++
+	f.mu.Unlock()
+	table := ""
+	var block []restoreLine
+	lines := strings.Split(strings.TrimSuffix(string(input), "\n"), "\n")
+	for i, text := range lines {
+		n := i + 1
+		failed := func(err error) error {
+			return fmt.Errorf("fake iptables-restore: line %d failed: %w", n, err)
+		}
+		text = strings.TrimSpace(text)
+		switch {
+		case text == "" || strings.HasPrefix(text, "#"):
+		case strings.HasPrefix(text, "*"):
+			if table != "" {
+				return failed(errors.New("table not committed"))
+			}
+			table, block = text[1:], nil
+			f.mu.Lock()
+			_, ok := f.tables[table]
+			f.mu.Unlock()
+			if !ok {
+				return failed(fmt.Errorf("table %q does not exist", table))
+			}
+		case table == "":
+			return failed(errors.New("no table"))
+		case text == "COMMIT":
+			if err := f.commit(table, block); err != nil {
+				return err
+			}
+			table = ""
+		case strings.HasPrefix(text, ":"):
+			fields := strings.Fields(text[1:])
+			if len(fields) < 2 {
+				return failed(errors.New("bad chain line"))
+			}
+			block = append(block, restoreLine{n: n, op: "NewChain", chain: fields[0], policy: fields[1]})
+		default:
+			args, err := splitRuleLine(text)
+			if err != nil {
+				return failed(err)
+			}
+			if len(args) < 2 {
+				return failed(errors.New("no chain"))
+			}
+			l := restoreLine{n: n, chain: args[1], spec: args[2:]}
+			switch args[0] {
+			case "-A":
+				l.op = "Append"
+			case "-D":
+				l.op = "Delete"
+			case "-I":
+				l.op, l.pos = "Insert", 1
+				if len(l.spec) > 0 {
+					if pos, err := strconv.Atoi(l.spec[0]); err == nil {
+						l.pos, l.spec = pos, l.spec[1:]
+					}
+				}
+			default:
+				return failed(fmt.Errorf("unsupported command %q", args[0]))
+			}
+			block = append(block, l)
+		}
+	}
+	if table != "" {
+		return fmt.Errorf("fake iptables-restore: COMMIT expected at line %d", len(lines)+1)
+	}
+	return nil
+}
+
+// commit applies the lines of one table of Restore input, all or none.
+func (f *fakeIPTables) commit(table string, block []restoreLine) error {
+	for _, l := range block {
+		if err := f.fail(l.op, table, l.chain, l.spec); err != nil {
+			return fmt.Errorf("fake iptables-restore: line %d failed: %w", l.n, err)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	saved := make(map[string]*fakeChain, len(f.tables[table]))
+	for name, c := range f.tables[table] {
+		saved[name] = &fakeChain{builtin: c.builtin, rules: slices.Clone(c.rules)}
+	}
+	for _, l := range block {
+		var err error
+		switch l.op {
+		case "Append":
+			err = f.appendRule(table, l.chain, l.spec)
+		case "Delete":
+			err = f.deleteRule(table, l.chain, l.spec)
+		case "Insert":
+			err = f.insertRule(table, l.chain, l.pos, l.spec)
+		case "NewChain":
+			err = f.restoreChain(table, l.chain, l.policy)
+		}
+		if err != nil {
+			f.tables[table] = saved
+			return fmt.Errorf("fake iptables-restore: line %d failed: %w", l.n, err)
+		}
+	}
+	return nil
+}
+
+// restoreChain handles a chain line of Restore input. The caller holds f.mu.
+func (f *fakeIPTables) restoreChain(table, chain, policy string) error {
+	c, err := f.chain(table, chain)
+	switch {
+	case err == errFakeNoChain && policy == "-":
+		return f.newChain(table, chain)
+	case err != nil:
+		return err
+	case c.builtin != (policy != "-"):
+		return &fakeError{2, fmt.Sprintf("iptables-restore: invalid policy %q for chain %s", policy, chain), false}
+	case !c.builtin:
+		c.rules = nil
+	}
+	return nil
 }

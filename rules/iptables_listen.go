@@ -43,7 +43,7 @@ func (t *IPTables) AllowListeners(ctx context.Context, addrs []netip.AddrPort) e
 			default:
 				dst = []string{"-d", hostArg(a)}
 			}
-			r := rule{f, "filter", chainInput, slices.Concat(dst, []string{"-p", "tcp", "-m", "tcp",
+			r := rule{fam: f, table: "filter", chain: chainInput, spec: slices.Concat(dst, []string{"-p", "tcp", "-m", "tcp",
 				"--dport", portArg(ap.Port()), "--tcp-flags", "FIN,SYN,RST,ACK", "SYN",
 				"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", listenerNote, "-j", "ACCEPT"})}
 			if !slices.ContainsFunc(add, func(x rule) bool { return sameRule(x, r) }) {
@@ -55,6 +55,10 @@ func (t *IPTables) AllowListeners(ctx context.Context, addrs []netip.AddrPort) e
 		return fmt.Errorf("allowing listeners %v: %w", addrs, err)
 	}
 	t.mu.Lock()
+	for i := range add {
+		t.seq++
+		add[i].seq = t.seq
+	}
 	t.intercept = append(t.intercept, add...)
 	t.mu.Unlock()
 	t.log.Info("listeners allowed in the firewall", "listen", fmt.Sprint(addrs))

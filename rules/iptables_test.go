@@ -9,9 +9,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -192,11 +194,18 @@ func TestIPTablesGolden(t *testing.T) {
 	}
 }
 
+// ruleAdder is what addForeign and addStale need: a fake or go-iptables.
+type ruleAdder interface {
+	NewChain(table, chain string) error
+	Append(table, chain string, rulespec ...string) error
+	Insert(table, chain string, pos int, rulespec ...string) error
+}
+
 // addForeign adds rules and a chain that belong to someone else; ftpalg must
 // leave them alone. The specifications are in iptables' canonical form, so
 // that the netns test can compare the kernel's dump with the same golden
 // file.
-func addForeign(ipt ipTables, six bool) error {
+func addForeign(ipt ruleAdder, six bool) error {
 	host, lan := "192.0.2.99/32", "192.0.2.0/24"
 	if six {
 		host, lan = "2001:db8::99/128", "2001:db8::/64"
@@ -229,7 +238,7 @@ func addForeign(ipt ipTables, six bool) error {
 // without jumps and rules, an owned chain ftpalg no longer uses that another
 // owned chain jumps to, a jump without comment and a stray listener rule in a
 // built-in chain.
-func addStale(ipt ipTables, six bool) error {
+func addStale(ipt ruleAdder, six bool) error {
 	src, dst, dnat := "192.0.2.10/32", "203.0.113.5/32", "198.51.100.7:40000"
 	if six {
 		src, dst, dnat = "2001:db8:1::10/128", "2001:db8:2::5/128", "[2001:db8:ff::7]:40000"
@@ -376,17 +385,32 @@ func TestIPTablesOpenCanceled(t *testing.T) {
 	}
 	before := v4.save()
 	ctx, cancel := context.WithCancel(t.Context())
-	v4.failOn = func(op, _, _ string, _ []string) error {
-		if op == "Append" {
-			cancel() // the first rule goes in, then ctx ends
-		}
-		return nil
-	}
+	cancel()
+	n := v4.cmds
 	if err := b.Open(ctx, passiveGateway); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Open = %v, want %v", err, context.Canceled)
+		t.Fatalf("Open with a canceled ctx = %v, want %v", err, context.Canceled)
+	}
+	if v4.cmds != n {
+		t.Errorf("Open with a canceled ctx ran %d commands", v4.cmds-n)
+	}
+
+	// Canceled while it waits for a run under way: withdrawn.
+	gate := newGate(t, b, installFaults(v4), false)
+	before = v4.save()
+	ctx, cancel = context.WithCancel(t.Context())
+	opened := make(chan error)
+	go func() { opened <- b.Open(ctx, passiveGateway) }()
+	gate.waitQueued(1)
+	cancel()
+	if err := <-opened; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Open canceled while queued = %v, want %v", err, context.Canceled)
 	}
 	if d := cmp.Diff(before, v4.save()); d != "" {
 		t.Errorf("after canceled Open (-before +after):\n%s", d)
+	}
+	gate.release()
+	if err := b.Open(t.Context(), passiveGateway); err != nil {
+		t.Errorf("Open after a canceled Open: %v", err)
 	}
 }
 
@@ -738,49 +762,337 @@ func TestParseVariant(t *testing.T) {
 	}
 }
 
-// TestIPTablesOpenDuringClose checks that a slow Close (iptables-nft waits
-// in the kernel on every delete) holds up neither other pinholes' Opens nor
-// a second Close of the same pinhole, and that its ID stays taken until it
-// is done.
-func TestIPTablesOpenDuringClose(t *testing.T) {
+// faults is a failOn for the fake that a test may change while commands
+// run: it holds up lines with chosen comments, and fails lines as fail
+// says.
+type faults struct {
+	mu    sync.Mutex
+	holds map[string]*hold // by rule comment
+	fail  func(op, table, chain string, spec []string) error
+}
+
+type hold struct {
+	once             sync.Once
+	reached, release chan struct{}
+}
+
+func installFaults(fake *fakeIPTables) *faults {
+	fl := &faults{holds: make(map[string]*hold)}
+	fake.failOn = fl.failOn
+	return fl
+}
+
+func (fl *faults) failOn(op, table, chain string, spec []string) error {
+	c, _ := argAfter(spec, "--comment")
+	fl.mu.Lock()
+	h, fail := fl.holds[c], fl.fail
+	fl.mu.Unlock()
+	if h != nil {
+		h.once.Do(func() { close(h.reached) })
+		<-h.release
+		return nil
+	}
+	if fail != nil {
+		return fail(op, table, chain, spec)
+	}
+	return nil
+}
+
+func (fl *faults) setFail(fail func(op, table, chain string, spec []string) error) {
+	fl.mu.Lock()
+	fl.fail = fail
+	fl.mu.Unlock()
+}
+
+// gate holds up a restore of the IPv4 Opens (or Closes), so that the
+// Opens (Closes) that follow queue for the next run.
+type gate struct {
+	t       *testing.T
+	lane    *batcher
+	p       Pinhole // whose Open (Close) is held up
+	h       *hold
+	once    sync.Once
+	done    chan error // the held Open's (Close's) result
+	release func()
+}
+
+// newGate starts an Open (del: a Close, after an Open) of a pinhole of its
+// own and returns when its restore is held up in the fake.
+func newGate(t *testing.T, b *IPTables, fl *faults, del bool) *gate {
+	t.Helper()
+	g := &gate{t: t, lane: &b.v4.adds, done: make(chan error, 1),
+		p: Pinhole{ID: "gate-open.p1", Session: "gate-open", Src: addr("192.0.2.250"), Dst: ap("203.0.113.250:40998")}}
+	if del {
+		g.lane = &b.v4.dels
+		g.p.ID, g.p.Session, g.p.Dst = "gate-close.p1", "gate-close", ap("203.0.113.250:40999")
+		if err := b.Open(t.Context(), g.p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	comment, _ := pinholeComment(g.p)
+	h := &hold{reached: make(chan struct{}), release: make(chan struct{})}
+	fl.mu.Lock()
+	fl.holds[comment] = h
+	fl.mu.Unlock()
+	go func() {
+		if del {
+			g.done <- b.Close(context.Background(), g.p)
+		} else {
+			g.done <- b.Open(context.Background(), g.p)
+		}
+	}()
+	<-h.reached
+	g.release = func() {
+		g.once.Do(func() {
+			fl.mu.Lock()
+			delete(fl.holds, comment)
+			fl.mu.Unlock()
+			close(h.release)
+			if err := <-g.done; err != nil {
+				t.Errorf("held change of %v: %v", g.p, err)
+			}
+		})
+	}
+	t.Cleanup(g.release)
+	return g
+}
+
+// waitQueued waits until n changes wait for the next run.
+func (g *gate) waitQueued(n int) {
+	g.t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		g.lane.mu.Lock()
+		q := len(g.lane.queue)
+		g.lane.mu.Unlock()
+		if q == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			g.t.Fatalf("%d changes queued, want %d", q, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// numbered returns a copy of p with ID, session and destination port
+// derived from i.
+func numbered(p Pinhole, i int) Pinhole {
+	p.Session = fmt.Sprintf("b%d", i)
+	p.ID = p.Session + ".p1"
+	p.Dst = netip.AddrPortFrom(p.Dst.Addr(), uint16(41000+i))
+	return p
+}
+
+// runConcurrently runs each function on a goroutine of its own and returns
+// their results in order.
+func runConcurrently(fns ...func() error) []error {
+	errs := make([]error, len(fns))
+	var wg sync.WaitGroup
+	for i, fn := range fns {
+		wg.Go(func() { errs[i] = fn() })
+	}
+	wg.Wait()
+	return errs
+}
+
+// wantRules returns the Rules dump of a fresh fake backend with the given
+// pinholes open.
+func wantRules(t *testing.T, pinholes ...Pinhole) []string {
+	t.Helper()
+	ctx := t.Context()
+	b, _, _ := newFakeBackend(t)
+	if err := b.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pinholes {
+		if err := b.Open(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rules, err := b.Rules(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rules
+}
+
+func checkRules(t *testing.T, b *IPTables, want []string) {
+	t.Helper()
+	got, err := b.Rules(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("rules (-want +got):\n%s", d)
+	}
+}
+
+// TestIPTablesBatches checks that the changes arriving while a restore
+// runs go together into the next one, and that a pinhole being closed
+// keeps its ID taken without holding up a second Close.
+func TestIPTablesBatches(t *testing.T) {
 	ctx := t.Context()
 	b, v4, _ := newFakeBackend(t)
 	if err := b.Setup(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Open(ctx, passiveGateway); err != nil {
-		t.Fatal(err)
-	}
-	inDelete, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	v4.failOn = func(op, _, _ string, _ []string) error {
-		if op == "Delete" {
-			once.Do(func() { close(inDelete) })
-			<-release
+	var closing []Pinhole
+	for i := range 3 {
+		p := numbered(reversePassive, 100+i)
+		if err := b.Open(ctx, p); err != nil {
+			t.Fatal(err)
 		}
-		return nil
+		closing = append(closing, p)
 	}
-	closed := make(chan error)
-	go func() { closed <- b.Close(ctx, passiveGateway) }()
-	<-inDelete
+	fl := installFaults(v4)
+	// The Close gate first: it opens its pinhole before it holds.
+	closes := newGate(t, b, fl, true)
+	opens := newGate(t, b, fl, false)
 
-	if err := b.Open(ctx, passiveGateway); err == nil {
-		t.Error("Open of a pinhole being closed succeeded")
+	// The gates' pinholes are being opened and closed.
+	for _, g := range []*gate{opens, closes} {
+		if err := b.Close(ctx, g.p); err != nil {
+			t.Errorf("Close during Open or Close: %v", err)
+		}
+		if err := b.Open(ctx, g.p); err == nil {
+			t.Error("Open during Open or Close succeeded")
+		}
 	}
-	if err := b.Close(ctx, passiveGateway); err != nil {
-		t.Errorf("second Close during Close: %v", err)
+
+	var fns []func() error
+	var opening []Pinhole
+	for i := range 10 {
+		p := numbered(passiveGateway, i)
+		if i%2 == 1 {
+			p = numbered(activeGateway, i)
+		}
+		opening = append(opening, p)
+		fns = append(fns, func() error { return b.Open(ctx, p) })
 	}
-	if err := b.Open(ctx, activeGateway); err != nil {
-		t.Errorf("Open of another pinhole during Close: %v", err)
+	for _, p := range closing {
+		fns = append(fns, func() error { return b.Close(ctx, p) })
 	}
-	close(release)
-	if err := <-closed; err != nil {
-		t.Fatal(err)
+	restores := v4.restores
+	done := make(chan []error)
+	go func() { done <- runConcurrently(fns...) }()
+	opens.waitQueued(len(opening))
+	closes.waitQueued(len(closing))
+	opens.release()
+	closes.release()
+	for i, err := range <-done {
+		if err != nil {
+			t.Errorf("change %d: %v", i, err)
+		}
 	}
-	if err := b.Open(ctx, passiveGateway); err != nil {
-		t.Errorf("Open after Close: %v", err)
+	if n := v4.restores - restores; n != 2 {
+		t.Errorf("%d Opens and %d Closes took %d restores, want 2", len(opening), len(closing), n)
 	}
+	checkRules(t, b, wantRules(t, append(opening, opens.p)...))
 	if err := b.Verify(ctx); err != nil {
 		t.Error(err)
 	}
+}
+
+// TestIPTablesBatchFallback checks that when a batch fails, its changes
+// are applied one by one: a bad change fails alone, a delete of rules that
+// someone else removed succeeds, and nothing is added twice when the
+// filter table of the batch went in and the nat table did not.
+func TestIPTablesBatchFallback(t *testing.T) {
+	ctx := t.Context()
+	b, v4, _ := newFakeBackend(t)
+	if err := b.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	flushed := numbered(reversePassive, 1) // its rules vanish
+	failClose := numbered(reversePassive, 2)
+	stays := numbered(passiveGateway, 3)
+	for _, p := range []Pinhole{flushed, failClose, stays} {
+		if err := b.Open(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lines, err := v4.ListTable("nat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flushedComment, _ := pinholeComment(flushed)
+	for _, line := range lines {
+		args, err := splitRuleLine(line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c, _ := argAfter(args, "--comment"); c == flushedComment {
+			if err := v4.Delete("nat", args[1], args[2:]...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	fl := installFaults(v4)
+	// The Close gate first: it opens its pinhole before it holds.
+	closes := newGate(t, b, fl, true)
+	opens := newGate(t, b, fl, false)
+	boom := errors.New("boom")
+	failOpen := numbered(reversePassive, 4)
+	failOpenComment, _ := pinholeComment(failOpen)
+	failCloseComment, _ := pinholeComment(failClose)
+	fl.setFail(func(op, table, _ string, spec []string) error {
+		c, _ := argAfter(spec, "--comment")
+		switch {
+		case op == "Append" && table == "nat" && c == failOpenComment:
+			return boom
+		case op == "Delete" && table == "nat" && c == failCloseComment:
+			return boom
+		}
+		return nil
+	})
+	var opening []Pinhole
+	fns := []func() error{
+		func() error { return b.Open(ctx, failOpen) },
+		func() error { return b.Close(ctx, flushed) },
+		func() error { return b.Close(ctx, failClose) },
+	}
+	for i := range 4 {
+		p := numbered(reversePassive, 10+i)
+		opening = append(opening, p)
+		fns = append(fns, func() error { return b.Open(ctx, p) })
+	}
+	done := make(chan []error)
+	go func() { done <- runConcurrently(fns...) }()
+	opens.waitQueued(1 + len(opening))
+	closes.waitQueued(2)
+	opens.release()
+	closes.release()
+	errs := <-done
+	if !errors.Is(errs[0], boom) {
+		t.Errorf("failing Open = %v, want %v", errs[0], boom)
+	}
+	if errs[1] != nil {
+		t.Errorf("Close of a pinhole whose rules are gone: %v", errs[1])
+	}
+	if !errors.Is(errs[2], boom) {
+		t.Errorf("failing Close = %v, want %v", errs[2], boom)
+	}
+	for i, err := range errs[3:] {
+		if err != nil {
+			t.Errorf("Open of %v in a failed batch: %v", opening[i], err)
+		}
+	}
+	// The failed Close keeps the nat rules it could not delete (its
+	// filter rules went with the batch's filter table); the failed Open
+	// left nothing; the others are in exactly once.
+	want := wantRules(t, slices.Concat([]Pinhole{stays, failClose, opens.p}, opening)...)
+	want = slices.DeleteFunc(want, func(line string) bool {
+		return strings.Contains(line, failCloseComment) && strings.Contains(line, "-t filter")
+	})
+	checkRules(t, b, want)
+	if err := b.Verify(ctx); err != nil {
+		t.Error(err)
+	}
+
+	fl.setFail(nil)
+	if err := b.Close(ctx, failClose); err != nil {
+		t.Errorf("retried Close: %v", err)
+	}
+	checkRules(t, b, wantRules(t, slices.Concat([]Pinhole{stays, opens.p}, opening)...))
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -125,6 +126,35 @@ func (a *ALG) Stop() {
 	if code := a.Proc.Cmd.ProcessState.ExitCode(); code != 0 {
 		a.t.Fatalf("ftpalg exited %d after SIGTERM:\n%s", code, tailLines(a.Proc.Output(), 40))
 	}
+}
+
+// StopClean stops ftpalg like Stop and checks that nothing of it is left
+// in the firewall of its namespace.
+func (a *ALG) StopClean() {
+	a.t.Helper()
+	a.Stop()
+	if left := ftpalgRules(a.t, a.NS); len(left) > 0 {
+		a.t.Fatalf("ftpalg left rules after exit:\n%s", strings.Join(left, "\n"))
+	}
+}
+
+// retrPassive downloads srv's small file over a data connection from ns
+// to the server's port, announced on x by PASV/EPSV, and checks its size.
+func retrPassive(t testing.TB, ctx context.Context, x *ctrl, ns *netlab.NS, srv *netlab.Server, f netlab.Family, port uint16) {
+	t.Helper()
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	dc, err := ns.DialContext(dctx, "tcp", hostPort(srv.NS.Addr(f), port))
+	if err != nil {
+		t.Fatalf("data connection through the pinhole: %v", err)
+	}
+	defer dc.Close()
+	x.expectCode(x.cmd("RETR "+srv.Small.Path), 150)
+	data, err := io.ReadAll(dc)
+	if err != nil || int64(len(data)) != srv.Small.Size {
+		t.Fatalf("read %d bytes (%v), want %d", len(data), err, srv.Small.Size)
+	}
+	x.expect(226)
 }
 
 func tailLines(s string, n int) string {

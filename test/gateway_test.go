@@ -101,10 +101,7 @@ func TestGatewayTransfers(t *testing.T) {
 			if r := a.Logs("refused"); len(r) > 0 {
 				t.Errorf("ftpalg refused something from real peers: %v", r)
 			}
-			a.Stop()
-			if left := ftpalgRules(t, topo.GW); len(left) > 0 {
-				t.Fatalf("ftpalg left rules after exit:\n%s", strings.Join(left, "\n"))
-			}
+			a.StopClean()
 			after, err := topo.GW.FirewallDump(ctx)
 			if err != nil {
 				t.Fatal(err)
@@ -145,19 +142,7 @@ func TestGatewayPinholeIsNarrow(t *testing.T) {
 				t.Error("the announced port on another host was reachable")
 			}
 			// The announced endpoint works.
-			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			defer cancel()
-			dc, err := topo.Client.DialContext(dctx, "tcp", hostPort(server, port))
-			if err != nil {
-				t.Fatalf("data connection through the pinhole: %v", err)
-			}
-			x.expectCode(x.cmd("RETR "+srv.Small.Path), 150)
-			data, err := io.ReadAll(dc)
-			dc.Close()
-			if err != nil || int64(len(data)) != srv.Small.Size {
-				t.Fatalf("read %d bytes (%v), want %d", len(data), err, srv.Small.Size)
-			}
-			x.expect(226)
+			retrPassive(t, ctx, x, topo.Client, srv, f, port)
 			waitNoPinholes(t, topo.GW, 5*time.Second)
 			x.cmd("QUIT")
 		})
@@ -220,10 +205,7 @@ func TestGatewayPinholeIsNarrow(t *testing.T) {
 			x.cmd("QUIT")
 		})
 	}
-	a.Stop()
-	if left := ftpalgRules(t, topo.GW); len(left) > 0 {
-		t.Fatalf("ftpalg left rules after exit:\n%s", strings.Join(left, "\n"))
-	}
+	a.StopClean()
 }
 
 // TestGatewayCrashSweep: kill -9 during a transfer leaves ftpalg's chains
@@ -333,4 +315,49 @@ func checkTransferLines(t *testing.T, a *ALG, want int) {
 	if big == 0 {
 		t.Errorf("no transfer line counted a 10 MiB download: %v", lines)
 	}
+}
+
+// TestGatewayReload: someone else flushes ftpalg's chains and removes its
+// jumps (as a firewall reload would) while a pinhole is open. ftpalg
+// notices within seconds, logs it, and re-installs its skeleton and the
+// live pinhole: the announced transfer and new sessions work.
+func TestGatewayReload(t *testing.T) {
+	topo, ctx := gatewayTopo(t)
+	srv := netlab.StartServer(t, topo.Server, netlab.Vsftpd, netlab.ServerOptions{})
+	a := startALG(t, topo.GW, gatewayArgs()...)
+
+	x := dialCtrl(t, topo.Client, srv.Addr(netlab.IPv4))
+	x.login(srv.User, srv.Pass)
+	port := x.epsv()
+
+	for _, f := range netlab.Families {
+		for _, args := range [][]string{
+			{"-F", "FTPALG-FORWARD"},
+			{"-t", "nat", "-F", "FTPALG-PREROUTING"},
+			{"-D", "FORWARD", "-m", "comment", "--comment", "ftpalg:jump", "-j", "FTPALG-FORWARD"},
+			{"-D", "INPUT", "-m", "comment", "--comment", "ftpalg:jump", "-j", "FTPALG-INPUT"},
+		} {
+			if err := topo.GW.IPTables(ctx, f, args...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(a.Logs("iptables rules repaired")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("ftpalg did not notice the flushed rules:\n%s", tailLines(a.Proc.Output(), 20))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if rules := pinholeRules(t, topo.GW); !containsAll(rules, fmt.Sprintf("--dport %d", port)) {
+		t.Fatalf("the open pinhole was not re-installed:\n%s", strings.Join(ftpalgRules(t, topo.GW), "\n"))
+	}
+	// The pinhole that was open at the reload still works...
+	retrPassive(t, ctx, x, topo.Client, srv, netlab.IPv4, port)
+	// ... and so does interception for new sessions.
+	r := netlab.RunTransfer(ctx, topo.Client, srv.Transfer(t, netlab.Curl, netlab.EPSV, netlab.Retr, netlab.IPv6))
+	if err := srv.Verify(r); err != nil {
+		t.Fatalf("new session after the reload: %v", err)
+	}
+	a.StopClean()
 }

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -101,10 +100,7 @@ func TestReverseTransfers(t *testing.T) {
 				if backend == "iptables" {
 					waitNoPinholes(t, topo.GW, 15*time.Second)
 				}
-				a.Stop()
-				if left := ftpalgRules(t, topo.GW); len(left) > 0 {
-					t.Fatalf("ftpalg left rules after exit:\n%s", strings.Join(left, "\n"))
-				}
+				a.StopClean()
 			})
 		}
 	}

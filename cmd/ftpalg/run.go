@@ -269,7 +269,18 @@ func (rt *wiring) iptables(ctx context.Context) error {
 	}
 	rt.ipt = ipt
 	rt.proxy.Backend = ipt
+	// Someone else may flush ftpalg's chains or remove its jumps
+	// (firewall-cmd --reload, a firewall restart): notice within seconds,
+	// log it and re-install the skeleton and the live pinholes.
+	wctx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		ipt.Watch(wctx, 2*time.Second)
+	}()
 	rt.cleanups = append(rt.cleanups, func() {
+		stopWatch()
+		<-watched
 		// Not ctx: it is cancelled by the signal that brought us here.
 		tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
