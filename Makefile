@@ -21,7 +21,8 @@ demo: build
 	sh lab/install.sh
 	./$(BIN) lab $(LABFLAGS)
 
-# Unit tests only: no root, no network, seconds.
+# The package tests (not test/): no root needed; as root they include the
+# namespace tests of rules, conntrack, lab and cmd.
 unit:
 	$(GO) test -count=1 -short ./alg/... ./nat/... ./rules/... ./conntrack/... ./lab/... ./cmd/...
 
