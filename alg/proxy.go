@@ -78,28 +78,36 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	if p.Upstream == nil || p.Planner == nil || p.Backend == nil {
 		return errors.New("proxy needs Upstream, Planner and Backend")
 	}
+	// Several listeners may share one Proxy (and its limits).
 	p.mu.Lock()
-	p.sessions = make(map[string]*Session)
-	p.perClient = make(map[netip.Addr]int)
+	if p.sessions == nil {
+		p.sessions = make(map[string]*Session)
+		p.perClient = make(map[netip.Addr]int)
+	}
 	p.mu.Unlock()
 	sctx, cancelSessions := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSessions()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 
-	var err error
+	var backoff time.Duration
 	for {
 		c, aerr := ln.Accept()
 		if aerr != nil {
-			if ctx.Err() == nil && !errors.Is(aerr, net.ErrClosed) {
-				var ne net.Error
-				if errors.As(aerr, &ne) && ne.Timeout() {
-					continue
-				}
-				err = fmt.Errorf("accepting: %w", aerr)
+			if ctx.Err() != nil || errors.Is(aerr, net.ErrClosed) {
+				break
 			}
-			break
+			// EMFILE, ENOBUFS, ...: transient; the daemon must not die of
+			// them. Back off and go on.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			p.log().Warn("accept failed", "err", aerr, "retry_in", backoff.String())
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+			}
+			continue
 		}
+		backoff = 0
 		p.accept(sctx, c)
 	}
 	ln.Close()
@@ -120,7 +128,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 		cancelSessions()
 		<-done
 	}
-	return err
+	return nil
 }
 
 // Sessions is the number of running sessions.

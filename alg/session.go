@@ -44,9 +44,9 @@ type Session struct {
 	Policy Policy
 	// Log; if nil, slog.Default.
 	Log *slog.Logger
-	// OnPinholeOpen and OnPinholeClose, if set, are called after a pinhole
-	// is opened and after it is closed (reason: "used", "failed", "ttl",
-	// "replaced", "refused", "session end").
+	// OnPinholeOpen, if set, is called just before a pinhole is made live;
+	// OnPinholeClose after it is closed, or after it failed to open (reason:
+	// "used", "failed", "ttl", "replaced", "refused", "session end").
 	OnPinholeOpen  func(p rules.Pinhole)
 	OnPinholeClose func(p rules.Pinhole, reason string)
 
@@ -70,7 +70,8 @@ type Session struct {
 
 	lastActive atomic.Int64 // unix nanoseconds of the last line either way
 	loggedIn   atomic.Bool
-	authRes    chan bool // set while an AUTH awaits its reply (AllowTLS only)
+	blind      atomic.Bool // after AUTH TLS (AllowTLS): bytes relayed unread
+	authRes    chan bool   // set while an AUTH awaits its reply (AllowTLS only)
 }
 
 // entry is one outstanding command, or a reply ftpalg composed itself that
@@ -86,6 +87,10 @@ type pinhole struct {
 	timer   *time.Timer
 	closed  bool
 }
+
+// closeAttempts is how often closing a pinhole is tried before the session
+// gives up on it (and logs an error).
+const closeAttempts = 3
 
 // errEnd ends a session after a refusal that leaves no sane way to go on.
 var errEnd = errors.New("session ended by policy")
@@ -240,6 +245,9 @@ func (s *Session) watchTimeouts(timedOut chan<- error) func() {
 			case <-stop:
 				return
 			case now := <-t.C:
+				if s.blind.Load() {
+					return
+				}
 				var what, reply string
 				// transferring before lastActive: a reply is stamped before
 				// it is popped, so a transfer that just ended is seen with
@@ -418,6 +426,9 @@ func (s *Session) refuse(ctx context.Context, what, why, reply string) error {
 // order no longer matters) and logs one line.
 func (s *Session) refuseEnd(what, why, reply string) {
 	s.log.Warn("refused", "what", what, "why", why, "reply", reply, "end", true)
+	// The deadline first: it also frees a reply write stuck on a client
+	// that does not read, which holds wmu.
+	s.Client.SetWriteDeadline(time.Now().Add(time.Second))
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.Client.SetWriteDeadline(time.Now().Add(time.Second))
@@ -483,6 +494,17 @@ func (s *Session) forwardAuth(ctx context.Context, cmd ftp.Command, line []byte)
 // --- server -> client ---
 
 func (s *Session) serverToClient(ctx context.Context) error {
+	// An AUTH still waiting for its reply when the server side ends gets
+	// "not blind", so that the client side does not wait for ever.
+	defer func() {
+		s.mu.Lock()
+		res := s.authRes
+		s.authRes = nil
+		s.mu.Unlock()
+		if res != nil {
+			res <- false
+		}
+	}()
 	rr := ftp.NewReplyReader(s.Server, s.pol.MaxLine, s.pol.MaxReplyLines)
 	for {
 		r, err := rr.ReadReply()
@@ -507,6 +529,9 @@ func (s *Session) serverToClient(ctx context.Context) error {
 			return err
 		}
 		if blind {
+			// Encrypted from here: no login or idle to watch (the 230 is
+			// inside TLS); the peers' own timeouts apply.
+			s.blind.Store(true)
 			_, err := io.Copy(s.Client, s.Server)
 			return err
 		}
@@ -678,8 +703,16 @@ func (s *Session) openPinhole(ctx context.Context, a Announcement) (Plan, error)
 	s.mu.Unlock()
 	plan.Pinhole.Session = s.ID
 	plan.Pinhole.TTL = s.pol.PinholeTTL
+	// Observers learn of the pinhole before it is live, so that a
+	// connection through it cannot come first.
+	if s.OnPinholeOpen != nil {
+		s.OnPinholeOpen(plan.Pinhole)
+	}
 	if err := s.Backend.Open(ctx, plan.Pinhole); err != nil {
 		release()
+		if s.OnPinholeClose != nil {
+			s.OnPinholeClose(plan.Pinhole, "failed")
+		}
 		s.log.Error("opening pinhole", "pinhole", plan.Pinhole.String(), "err", err)
 		return Plan{}, errors.New("firewall error")
 	}
@@ -696,9 +729,6 @@ func (s *Session) openPinhole(ctx context.Context, a Announcement) (Plan, error)
 	s.mu.Unlock()
 	s.log.Info("pinhole open", "pinhole", ph.p.String(), "kind", a.Kind.String(),
 		"announced", a.Addr.String(), "rewritten", plan.Announce.String())
-	if s.OnPinholeOpen != nil {
-		s.OnPinholeOpen(ph.p)
-	}
 	return plan, nil
 }
 
@@ -806,16 +836,30 @@ func (s *Session) close(ph *pinhole, reason string) {
 	delete(s.live, ph)
 	s.mu.Unlock()
 	// Not the session's context: a pinhole must close even when the session
-	// is being cancelled.
-	ctx, cancel := context.WithTimeout(context.Background(), s.pol.OpenTimeout)
-	defer cancel()
-	if err := s.Backend.Close(ctx, ph.p); err != nil {
+	// is being cancelled. A failure (xtables lock busy, say) is retried: a
+	// pinhole left open is the one thing this helper must not do.
+	var err error
+	for attempt := range closeAttempts {
+		if attempt > 0 {
+			time.Sleep(time.Duration(attempt) * 500 * time.Millisecond)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.pol.OpenTimeout)
+		err = s.Backend.Close(ctx, ph.p)
+		cancel()
+		if err == nil {
+			break
+		}
+		s.log.Warn("closing pinhole failed, retrying", "pinhole", ph.p.ID, "attempt", attempt+1, "err", err)
+	}
+	if err != nil {
+		// Its pool port stays taken: handing it out again while a stale
+		// DNAT rule for it may remain would misroute the next transfer.
 		s.log.Error("closing pinhole", "pinhole", ph.p.String(), "reason", reason, "err", err)
 	} else {
 		s.log.Info("pinhole closed", "pinhole", ph.p.ID, "reason", reason)
-	}
-	if ph.release != nil {
-		ph.release()
+		if ph.release != nil {
+			ph.release()
+		}
 	}
 	if s.OnPinholeClose != nil {
 		s.OnPinholeClose(ph.p, reason)

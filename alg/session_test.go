@@ -794,3 +794,34 @@ func TestIdleTimeoutWithClientNotReading(t *testing.T) {
 	cc.Close()
 	sc.Close()
 }
+
+func TestAllowTLSServerDiesBeforeAUTHReply(t *testing.T) {
+	h := start(t, ep4, withPolicy(func(p *alg.Policy) { p.AllowTLS = true }))
+	h.greet()
+	h.c("AUTH TLS\r\n")
+	h.toServer("AUTH TLS\r\n")
+	h.server.Close()
+	select {
+	case err := <-h.done:
+		h.done <- err
+	case <-time.After(wait):
+		t.Fatal("session hung waiting for the AUTH reply of a server that is gone")
+	}
+}
+
+func TestAllowTLSBlindSessionHasNoTimeouts(t *testing.T) {
+	h := start(t, ep4, withPolicy(func(p *alg.Policy) {
+		p.AllowTLS = true
+		p.LoginTimeout = 100 * time.Millisecond
+		p.IdleTimeout = 100 * time.Millisecond
+	}))
+	h.greet()
+	h.exchange("AUTH TLS\r\n", "234 Proceed with negotiation.\r\n")
+	time.Sleep(400 * time.Millisecond)
+	// Opaque bytes still flow both ways; no 421 was injected.
+	h.c("\x16\x03\x01hello")
+	h.toServer("\x16\x03\x01hello")
+	h.s("\x16\x03\x03world")
+	h.toClient("\x16\x03\x03world")
+	h.wantCalls()
+}

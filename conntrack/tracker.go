@@ -420,9 +420,14 @@ func (t *tracker) reconcile(live []snapshot, now time.Time, gone func(Flow) bool
 	seen := make(map[flowKey]uint32, len(live))
 	for _, s := range live {
 		seen[s.key()] = s.id
-		if u, ev, ok := t.observeNewLocked(s, now, nil); ok {
-			uses = append(uses, u)
-			evicted = append(evicted, ev...)
+		// A flow already closed may be an earlier transfer to the same
+		// endpoint lingering in TIME_WAIT: it must not count as the first
+		// use of a new pinhole (the session would close it too early).
+		if !closedState(s.state) {
+			if u, ev, ok := t.observeNewLocked(s, now, nil); ok {
+				uses = append(uses, u)
+				evicted = append(evicted, ev...)
+			}
 		}
 		if closedState(s.state) {
 			if el, ok := t.lookupLocked(s); ok {

@@ -151,7 +151,7 @@ func TestReversePlans(t *testing.T) {
 		{"pasv private address", rv4, "", alg.Announcement{Kind: alg.PASV, Addr: netip.MustParseAddrPort("192.0.2.2:30000")},
 			"198.51.100.1:45000", " tcp 198.51.100.10 -> 198.51.100.1:45000 dnat 192.0.2.2:30000 snat 192.0.2.1"},
 		{"pasv public override", rv4, "203.0.113.5", alg.Announcement{Kind: alg.PASV, Addr: netip.MustParseAddrPort("192.0.2.2:30000")},
-			"203.0.113.5:45000", " tcp 198.51.100.10 -> 203.0.113.5:45000 dnat 192.0.2.2:30000 snat 192.0.2.1"},
+			"203.0.113.5:45000", " tcp 198.51.100.10 -> 198.51.100.1:45000 dnat 192.0.2.2:30000 snat 192.0.2.1"},
 		{"epsv v6", rv6, "", alg.Announcement{Kind: alg.EPSV, Addr: netip.MustParseAddrPort("[2001:db8:4::2]:30000")},
 			"[2001:db8:3::1]:45000", " tcp 2001:db8:3::10 -> [2001:db8:3::1]:45000 dnat [2001:db8:4::2]:30000 snat 2001:db8:4::1"},
 		{"v4 override ignored for v6 client", rv6, "203.0.113.5", alg.Announcement{Kind: alg.EPSV, Addr: netip.MustParseAddrPort("[2001:db8:4::2]:30000")},

@@ -26,19 +26,26 @@ import (
 type Reverse struct {
 	// Pool supplies this host's ports for translated endpoints. Required.
 	Pool *Pool
-	// Public is the address announced to clients. If invalid, the address
-	// the client dialled is used. It must be of the client's family to be
-	// used; otherwise the dialled address is.
+	// Public is the address announced to clients in 227 replies, when a
+	// NAT in front of this host publishes it under another address. If
+	// invalid, or not of the client's family, the address the client
+	// dialled is announced. The pinholes always use the dialled (local)
+	// address.
 	Public netip.Addr
 }
 
 // Plan implements alg.Planner.
 func (r *Reverse) Plan(ctx context.Context, ep alg.Endpoints, a alg.Announcement) (alg.Plan, error) {
-	public := ep.Dialled.Addr()
+	// The data connections arrive at (and leave from) the address the
+	// client dialled, a local address; Public only changes what is
+	// announced in a 227 (an address of a NAT in front of this host).
+	// EPSV clients ignore it and use the control connection's address.
+	local := ep.Dialled.Addr()
+	announce := local
 	if r.Public.IsValid() && r.Public.Is4() == ep.Client.Addr().Is4() {
-		public = r.Public
+		announce = r.Public
 	}
-	if err := sameFamily(ep.Client.Addr(), public, ep.Server.Addr(), ep.Upstream.Addr()); err != nil {
+	if err := sameFamily(ep.Client.Addr(), local, ep.Server.Addr(), ep.Upstream.Addr()); err != nil {
 		return alg.Plan{}, fmt.Errorf("%w; publish the server with an upstream of the client's address family", err)
 	}
 	if r.Pool == nil {
@@ -51,10 +58,10 @@ func (r *Reverse) Plan(ctx context.Context, ep alg.Endpoints, a alg.Announcement
 	release := func() { r.Pool.Put(port) }
 	if a.Kind.Passive() {
 		return alg.Plan{
-			Announce: netip.AddrPortFrom(public, port),
+			Announce: netip.AddrPortFrom(announce, port),
 			Pinhole: rules.Pinhole{
 				Src:  ep.Client.Addr(),
-				Dst:  netip.AddrPortFrom(public, port),
+				Dst:  netip.AddrPortFrom(local, port),
 				DNAT: netip.AddrPortFrom(ep.Server.Addr(), a.Addr.Port()),
 				SNAT: ep.Upstream.Addr(),
 			},
@@ -67,7 +74,7 @@ func (r *Reverse) Plan(ctx context.Context, ep alg.Endpoints, a alg.Announcement
 			Src:  ep.Server.Addr(),
 			Dst:  netip.AddrPortFrom(ep.Upstream.Addr(), port),
 			DNAT: netip.AddrPortFrom(ep.Client.Addr(), a.Addr.Port()),
-			SNAT: public,
+			SNAT: local,
 		},
 		Release: release,
 	}, nil

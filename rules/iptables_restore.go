@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -69,12 +70,28 @@ func newKernelIPTables(ipt *iptables.IPTables, cmd, variant string, wait int) (*
 	return &kernelIPTables{IPTables: ipt, path: path, restorePath: restorePath, wait: wait}, nil
 }
 
+// limit bounds one iptables command: --wait only bounds the wait for the
+// legacy xtables lock, and iptables-nft ignores it, so a hung command must
+// not stop every pinhole change for good.
+func (k *kernelIPTables) limit() time.Duration {
+	return time.Duration(k.wait)*time.Second + 10*time.Second
+}
+
+func (k *kernelIPTables) deadline() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), k.limit())
+}
+
 // ListTable runs "iptables -t table -S" and returns its lines.
 func (k *kernelIPTables) ListTable(table string) ([]string, error) {
 	var stderr bytes.Buffer
-	cmd := exec.Command(k.path, "--wait", strconv.Itoa(k.wait), "-t", table, "-S")
+	ctx, cancel := k.deadline()
+	defer cancel()
+	cmd := exec.CommandContext(ctx, k.path, "--wait", strconv.Itoa(k.wait), "-t", table, "-S")
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("running %s -t %s -S: did not finish in %v (killed)", filepath.Base(k.path), table, k.limit())
+	}
 	if err != nil {
 		return nil, fmt.Errorf("running %s -t %s -S: %w: %s", filepath.Base(k.path), table, err, strings.TrimSpace(stderr.String()))
 	}
@@ -86,10 +103,16 @@ func (k *kernelIPTables) ListTable(table string) ([]string, error) {
 // first error the run stops, and the tables committed before stay.
 func (k *kernelIPTables) Restore(input []byte) error {
 	var stderr bytes.Buffer
-	cmd := exec.Command(k.restorePath, "--noflush", "--wait="+strconv.Itoa(k.wait))
+	ctx, cancel := k.deadline()
+	defer cancel()
+	cmd := exec.CommandContext(ctx, k.restorePath, "--noflush", "--wait="+strconv.Itoa(k.wait))
 	cmd.Stdin = bytes.NewReader(input)
 	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		return fmt.Errorf("running %s: did not finish in %v (killed)", filepath.Base(k.restorePath), k.limit())
+	}
+	if err != nil {
 		return fmt.Errorf("running %s: %w: %s", filepath.Base(k.restorePath), err, strings.TrimSpace(stderr.String()))
 	}
 	return nil

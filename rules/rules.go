@@ -4,8 +4,8 @@
 // A Pinhole says who may connect (Src), where to (Dst, as the packet arrives),
 // and optionally how the connection is translated (DNAT to another endpoint,
 // SNAT to another source address). Backends make it live: the iptables backend
-// with rules in chains ftpalg owns, the in-memory Fake for tests; later a
-// userspace relay and nftables.
+// with rules in chains ftpalg owns, the userspace Relay for deployments
+// without CAP_NET_ADMIN, the in-memory Fake for tests.
 //
 // Every Backend method is safe for concurrent use. Open of a pinhole whose ID
 // is already open replaces nothing and returns an error; Close is idempotent:

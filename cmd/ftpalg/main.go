@@ -77,7 +77,9 @@ func mainErr(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ftpalg: unknown command %q\n\n%s", args[0], usage())
 		return 2
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: a hung-up terminal must not kill ftpalg without removing
+	// its rules (the interception would blackhole port 21).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	err := cmd.run(ctx, args[1:], stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {

@@ -219,6 +219,11 @@ func (rt *wiring) configure(c *runConfig) error {
 		if err != nil {
 			return usagef("--listen %q: want ADDR:PORT, e.g. 203.0.113.1:21 or [::]:2121", s)
 		}
+		if c.mode == "gateway" && (!ap.Addr().IsUnspecified() || ap.Addr().Is4()) {
+			// REDIRECT delivers to the incoming interface's own address,
+			// IPv4 and IPv6 alike: only the dual-stack wildcard gets both.
+			return usagef("--mode gateway needs --listen [::]:PORT (the dual-stack wildcard), not %s", s)
+		}
 		rt.listens = append(rt.listens, ap)
 	}
 	lo, hi, err := nat.ParseRange(c.dataPorts)
@@ -355,18 +360,15 @@ func (rt *wiring) watchConntrack(ctx context.Context, c *runConfig) {
 	if c.noConntrack || rt.ipt == nil {
 		return
 	}
-	var pinholes sync.Map // pinhole ID -> rules.Pinhole, for the transfer line
 	w, err := conntrack.NewWatcher(conntrack.Config{
 		Log: rt.log,
 		// Not on the watcher's goroutine: closing runs iptables, and the
 		// watcher must keep reading events meanwhile.
 		OnUse: func(id string, f conntrack.Flow) { go rt.proxy.PinholeUsed(id) },
 		OnEnd: func(id string, f conntrack.FlowEnd) {
-			attrs := []slog.Attr{slog.String("pinhole", id)}
-			if v, ok := pinholes.LoadAndDelete(id); ok {
-				p := v.(rules.Pinhole)
-				attrs = append(attrs, slog.String("session", p.Session))
-			}
+			// Pinhole IDs are "<session>.p<n>".
+			session, _, _ := strings.Cut(id, ".")
+			attrs := []slog.Attr{slog.String("pinhole", id), slog.String("session", session)}
 			rt.log.LogAttrs(context.Background(), slog.LevelInfo, "transfer", append(attrs, f.LogAttrs()...)...)
 		},
 	})
@@ -375,7 +377,6 @@ func (rt *wiring) watchConntrack(ctx context.Context, c *runConfig) {
 		return
 	}
 	rt.proxy.OnPinholeOpen = func(p rules.Pinhole) {
-		pinholes.Store(p.ID, p)
 		w.Expect(p.ID, conntrack.Match{Src: p.Src, Dst: p.Dst})
 	}
 	rt.proxy.OnPinholeClose = func(p rules.Pinhole, reason string) {
@@ -394,7 +395,9 @@ func (rt *wiring) watchConntrack(ctx context.Context, c *runConfig) {
 
 // originalDst is the gateway's Upstream: the destination the client dialled
 // before the firewall redirected it. A connection made to the listener
-// directly is refused: proxying it would make an open relay or a loop.
+// directly is refused (proxying it would make an open relay or a loop), and
+// so is one to the router itself: the proxy's own connection would reach
+// local services that the INPUT policy keeps from the client.
 func originalDst(c net.Conn) (netip.AddrPort, error) {
 	dst, err := nat.OriginalDst(c)
 	if err != nil {
@@ -405,7 +408,27 @@ func originalDst(c net.Conn) (netip.AddrPort, error) {
 	if dst.Addr() == local.Addr().Unmap() && dst.Port() == local.Port() {
 		return netip.AddrPort{}, errors.New("connection was not intercepted (dialled the listener itself)")
 	}
+	if isLocal(dst.Addr()) {
+		return netip.AddrPort{}, fmt.Errorf("destination %s is this router itself", dst)
+	}
 	return dst, nil
+}
+
+// isLocal reports whether a is an address of this host.
+func isLocal(a netip.Addr) bool {
+	if a.IsLoopback() || a.IsUnspecified() {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, ia := range addrs {
+		if p, err := netip.ParsePrefix(ia.String()); err == nil && p.Addr().Unmap() == a {
+			return true
+		}
+	}
+	return false
 }
 
 // resolveUpstream resolves HOST:PORT once, at start.
