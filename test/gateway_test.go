@@ -361,3 +361,26 @@ func TestGatewayReload(t *testing.T) {
 	}
 	a.StopClean()
 }
+
+// TestGatewaySecondInstanceRefused: one ftpalg per firewall. A second
+// `ftpalg run` in the same namespace, or `ftpalg rules flush`, is refused
+// while the first runs (it would sweep or undo the first one's rules), and
+// works once the first is gone.
+func TestGatewaySecondInstanceRefused(t *testing.T) {
+	topo, ctx := gatewayTopo(t)
+	a := startALG(t, topo.GW, gatewayArgs()...)
+	before := ftpalgRules(t, topo.GW)
+	for _, args := range [][]string{append([]string{"run"}, gatewayArgs()...), {"rules", "flush"}} {
+		out, err := topo.GW.Run(ctx, ftpalgBin(t), args...)
+		if err == nil || !strings.Contains(err.Error()+out, "another ftpalg manages this firewall") {
+			t.Errorf("ftpalg %v beside a running ftpalg: %v\n%s", args, err, out)
+		}
+	}
+	if after := ftpalgRules(t, topo.GW); strings.Join(after, "\n") != strings.Join(before, "\n") {
+		t.Fatalf("the refused commands changed the running ftpalg's rules:\n%s", strings.Join(after, "\n"))
+	}
+	a.StopClean()
+	if out, err := topo.GW.Run(ctx, ftpalgBin(t), "rules", "flush"); err != nil {
+		t.Fatalf("rules flush after ftpalg stopped: %v\n%s", err, out)
+	}
+}

@@ -20,6 +20,12 @@ func rulesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg := rules.IPTablesConfig{Log: log}
 	if args[0] == "flush" {
+		// A running ftpalg would put its rules back: refuse while it runs.
+		lock, err := lockFirewall()
+		if err != nil {
+			return err
+		}
+		defer lock.Close()
 		if err := rules.Flush(ctx, cfg); err != nil {
 			return err
 		}

@@ -265,6 +265,12 @@ func (rt *wiring) configure(c *runConfig) error {
 // iptables sets up the iptables backend: leftovers of a crashed run swept,
 // chains and jumps installed, all removed again at exit.
 func (rt *wiring) iptables(ctx context.Context) error {
+	lock, err := lockFirewall()
+	if err != nil {
+		return err
+	}
+	// Closed last (cleanups run in reverse): after Teardown.
+	rt.cleanups = append(rt.cleanups, func() { lock.Close() })
 	ipt, err := rules.NewIPTables(rules.IPTablesConfig{Log: rt.log})
 	if err != nil {
 		return err
