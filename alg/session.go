@@ -709,11 +709,10 @@ func (s *Session) openPinhole(ctx context.Context, a Announcement) (Plan, error)
 		s.OnPinholeOpen(plan.Pinhole)
 	}
 	if err := s.Backend.Open(ctx, plan.Pinhole); err != nil {
-		release()
-		if s.OnPinholeClose != nil {
-			s.OnPinholeClose(plan.Pinhole, "failed")
-		}
 		s.log.Error("opening pinhole", "pinhole", plan.Pinhole.String(), "err", err)
+		// Whatever part of it the backend could not take back is closed
+		// like any pinhole (retried; its port kept if that fails).
+		s.close(&pinhole{p: plan.Pinhole, release: plan.Release}, "failed")
 		return Plan{}, errors.New("firewall error")
 	}
 	ph := &pinhole{p: plan.Pinhole, release: plan.Release}

@@ -592,18 +592,35 @@ func (t *IPTables) Open(ctx context.Context, p Pinhole) error {
 	t.busy[p.ID] = true
 	t.mu.Unlock()
 
+	applied := false
 	if err = ctx.Err(); err == nil {
+		applied = true
 		_, err = t.apply(ctx, fam, change{rules: rules})
 	}
 
+	var left []rule
+	if err != nil && applied {
+		// The failed change was rolled back, but a rollback can fail too
+		// (a table committed, the lock busy): remove once more, and keep
+		// what still stands under the pinhole's ID so that Close or
+		// Teardown removes it; never forget a rule in the kernel.
+		var rerr error
+		if left, rerr = remove(rules); rerr != nil {
+			t.log.Error("rules of a failed pinhole left in the firewall", "pinhole", p.String(), "rules", len(left), "err", rerr)
+		}
+	}
 	t.mu.Lock()
 	delete(t.busy, p.ID)
-	if err == nil {
+	if err == nil || len(left) > 0 {
 		t.seq++
-		for i := range rules {
-			rules[i].seq = t.seq
+		keep := rules
+		if err != nil {
+			keep = left
 		}
-		t.open[p.ID] = &livePinhole{fam: fam, rules: rules}
+		for i := range keep {
+			keep[i].seq = t.seq
+		}
+		t.open[p.ID] = &livePinhole{fam: fam, rules: keep}
 	}
 	t.mu.Unlock()
 	if err != nil {
