@@ -49,6 +49,10 @@ type Policy struct {
 	// MaxSyntaxErrors is how many consecutive lines that are not FTP
 	// commands a client may send before the session ends. Default 3.
 	MaxSyntaxErrors int
+	// MaxRefusals ends a session after this many refused lines: a peer
+	// that keeps sending what the policy refuses is probing, and each
+	// refusal is a log line. Default 32.
+	MaxRefusals int
 	// LoginTimeout ends a session that has not logged in (no 230 reply)
 	// within it: a client that never sends, a server that never answers.
 	// Default 60s.
@@ -73,6 +77,7 @@ func DefaultPolicy() Policy {
 		OpenTimeout:     5 * time.Second,
 		DrainTimeout:    5 * time.Second,
 		MaxSyntaxErrors: 3,
+		MaxRefusals:     32,
 		LoginTimeout:    60 * time.Second,
 		IdleTimeout:     10 * time.Minute,
 	}
@@ -93,6 +98,8 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("policy: timeouts must be positive")
 	case p.LoginTimeout <= 0 || p.IdleTimeout <= 0:
 		return fmt.Errorf("policy: login and idle timeouts must be positive")
+	case p.MaxRefusals < 1:
+		return fmt.Errorf("policy: max refusals %d must be positive", p.MaxRefusals)
 	case p.MaxSyntaxErrors < 1:
 		return fmt.Errorf("policy: max syntax errors %d must be positive", p.MaxSyntaxErrors)
 	}

@@ -71,6 +71,7 @@ type Session struct {
 	lastActive atomic.Int64 // unix nanoseconds of the last line either way
 	loggedIn   atomic.Bool
 	blind      atomic.Bool // after AUTH TLS (AllowTLS): bytes relayed unread
+	refusals   int         // lines refused so far (client side only)
 	authRes    chan bool   // set while an AUTH awaits its reply (AllowTLS only)
 }
 
@@ -395,6 +396,11 @@ func (s *Session) push(e *entry) error {
 // refuse answers the client with reply (in FIFO order, after the replies
 // to the commands before it) and logs one line. The session goes on.
 func (s *Session) refuse(ctx context.Context, what, why, reply string) error {
+	if s.refusals++; s.refusals > s.pol.MaxRefusals {
+		s.refuseEnd("too many refusals", fmt.Sprintf("%d lines refused in this session", s.refusals-1),
+			"421 ftpalg: too many refused commands; closing the connection")
+		return errEnd
+	}
 	s.log.Warn("refused", "what", what, "why", why, "reply", reply)
 	b := []byte(reply + "\r\n")
 	// Wait for room first (without wmu, so replies can drain the FIFO).

@@ -825,3 +825,18 @@ func TestAllowTLSBlindSessionHasNoTimeouts(t *testing.T) {
 	h.toClient("\x16\x03\x03world")
 	h.wantCalls()
 }
+
+func TestTooManyRefusalsEndSession(t *testing.T) {
+	h := start(t, ep4, withPolicy(func(p *alg.Policy) { p.MaxRefusals = 3 }))
+	h.greet()
+	for range 3 {
+		h.c("PORT 198,51,100,7,195,80\r\n")
+		h.toClient("500 ftpalg: PORT address must be your own (192.0.2.2); refused\r\n")
+	}
+	h.c("PORT 198,51,100,7,195,80\r\n")
+	h.toClient("421 ftpalg: too many refused commands; closing the connection\r\n")
+	if !h.atClient.waitEOF(wait) {
+		t.Fatal("session did not end")
+	}
+	h.wantRefusals("PORT", "PORT", "PORT", "too many refusals")
+}
