@@ -709,6 +709,7 @@ func (s *Session) openPinhole(ctx context.Context, a Announcement) (Plan, error)
 	s.mu.Unlock()
 	plan.Pinhole.Session = s.ID
 	plan.Pinhole.TTL = s.pol.PinholeTTL
+	plan.Pinhole.Passive = a.Kind.Passive()
 	// Observers learn of the pinhole before it is live, so that a
 	// connection through it cannot come first.
 	if s.OnPinholeOpen != nil {

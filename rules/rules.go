@@ -43,6 +43,9 @@ type Pinhole struct {
 	// TTL is how long the pinhole may stay unused. The session enforces it;
 	// backends may use it as a backstop.
 	TTL time.Duration
+	// Passive says the client opens the data connection (PASV/EPSV); else
+	// the server does (PORT/EPRT). For logs: which side is which.
+	Passive bool
 }
 
 // Target is where the connection ends up: DNAT when set, else Dst.

@@ -310,6 +310,10 @@ func checkTransferLines(t *testing.T, a *ALG, want int) {
 		reply, _ := m["bytes_reply"].(float64)
 		if max(orig, reply) >= netlab.BigSize {
 			big++
+			// Only downloads are that big here.
+			if n, _ := m["bytes"].(float64); m["direction"] != "server->client" || n < netlab.BigSize || m["client"] == nil || m["server"] == nil {
+				t.Errorf("a 10 MiB transfer line lacks its client, server, direction or bytes: %v", m)
+			}
 		}
 	}
 	if big == 0 {

@@ -366,15 +366,23 @@ func (rt *wiring) watchConntrack(ctx context.Context, c *runConfig) {
 	if c.noConntrack || rt.ipt == nil {
 		return
 	}
+	// Which side opened each used pinhole's connection, for the transfer
+	// line; an entry lives from first use to the flow's end.
+	var passive sync.Map // pinhole ID -> bool
 	w, err := conntrack.NewWatcher(conntrack.Config{
 		Log: rt.log,
-		// Not on the watcher's goroutine: closing runs iptables, and the
-		// watcher must keep reading events meanwhile.
-		OnUse: func(id string, f conntrack.Flow) { go rt.proxy.PinholeUsed(id) },
+		OnUse: func(id string, f conntrack.Flow) {
+			// Not on the watcher's goroutine: closing runs iptables, and
+			// the watcher must keep reading events meanwhile.
+			go rt.proxy.PinholeUsed(id)
+		},
 		OnEnd: func(id string, f conntrack.FlowEnd) {
 			// Pinhole IDs are "<session>.p<n>".
 			session, _, _ := strings.Cut(id, ".")
 			attrs := []slog.Attr{slog.String("pinhole", id), slog.String("session", session)}
+			if v, ok := passive.LoadAndDelete(id); ok {
+				attrs = append(attrs, transferAttrs(f, v.(bool))...)
+			}
 			rt.log.LogAttrs(context.Background(), slog.LevelInfo, "transfer", append(attrs, f.LogAttrs()...)...)
 		},
 	})
@@ -383,10 +391,16 @@ func (rt *wiring) watchConntrack(ctx context.Context, c *runConfig) {
 		return
 	}
 	rt.proxy.OnPinholeOpen = func(p rules.Pinhole) {
+		passive.Store(p.ID, p.Passive)
 		w.Expect(p.ID, conntrack.Match{Src: p.Src, Dst: p.Dst})
 	}
 	rt.proxy.OnPinholeClose = func(p rules.Pinhole, reason string) {
 		w.Forget(p.ID) // a no-op once the flow was seen
+		if reason != "used" {
+			// Unused (or its use raced the close): the line, if any,
+			// goes without the direction.
+			passive.Delete(p.ID)
+		}
 	}
 	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
@@ -490,4 +504,27 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// transferAttrs names the client and server of a data connection by their
+// real addresses, the direction the data went (the side that sent more) and
+// its bytes. The initiator (the client in passive mode, the server in active
+// mode) is the original source; the responder's real address is the reply
+// direction's source, after any DNAT.
+func transferAttrs(f conntrack.FlowEnd, passive bool) []slog.Attr {
+	initiator, responder := f.Orig.Src, f.Reply.Src
+	client, server := initiator, responder
+	if !passive {
+		client, server = responder, initiator
+	}
+	attrs := []slog.Attr{slog.String("client", client.String()), slog.String("server", server.String())}
+	if !f.Counted {
+		return attrs
+	}
+	clientSent := (f.OrigBytes > f.ReplyBytes) == passive
+	dir := "server->client"
+	if clientSent {
+		dir = "client->server"
+	}
+	return append(attrs, slog.String("direction", dir), slog.Uint64("bytes", max(f.OrigBytes, f.ReplyBytes)))
 }
