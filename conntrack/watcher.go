@@ -24,6 +24,12 @@ const DefaultEventBuffer = 1024
 // with a dump of the table.
 const socketBuffer = 8 << 20
 
+// resyncInterval is the least time between the starts of two
+// resynchronizations: under a flood the socket may overflow again and
+// again, and each dump reads the whole table. Overflows in between
+// coalesce into the next one.
+const resyncInterval = 5 * time.Second
+
 // Config configures a Watcher. The zero value is usable: it watches and
 // logs to slog.Default() but reports nothing.
 type Config struct {
@@ -62,10 +68,19 @@ type Watcher struct {
 	// lookup reads the conntrack entry of a flow; it fails with ENOENT when
 	// there is none. It uses query; tests replace it.
 	lookup func(Flow) (snapshot, error)
+	// dump reads the whole conntrack table, for a resynchronization. It
+	// uses query; tests replace it.
+	dump func() ([]ct.Flow, error)
+	// resyncEvery is the least time between resynchronizations
+	// (resyncInterval; tests shorten it). lastResync is when the last one
+	// started; only Run's goroutine uses it.
+	resyncEvery time.Duration
+	lastResync  time.Time
 
-	running atomic.Bool
-	closing atomic.Bool // set before events is closed on purpose
-	lost    atomic.Bool // a lost-events item is queued and not yet handled
+	running   atomic.Bool
+	closing   atomic.Bool   // set before events is closed on purpose
+	lost      atomic.Bool   // a lost-events item is queued, or its resync is due, and not yet handled
+	overflows atomic.Uint64 // ENOBUFS errors since the last resync started
 }
 
 // NewWatcher opens the conntrack netlink sockets in the network namespace of
@@ -79,6 +94,8 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 		onEnd:  cfg.OnEnd,
 		buffer: cfg.EventBuffer,
 		t:      newTracker(cfg.MaxFlows),
+
+		resyncEvery: resyncInterval,
 	}
 	if w.log == nil {
 		w.log = slog.Default()
@@ -97,6 +114,7 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 		return nil, fmt.Errorf("opening conntrack query socket: %w", err)
 	}
 	w.lookup = w.get
+	w.dump = func() ([]ct.Flow, error) { return w.query.Dump(nil) }
 	return w, nil
 }
 
@@ -204,18 +222,46 @@ func (w *Watcher) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, w.closeEvents)
 	defer stop()
 
-	for it := range items {
-		if ctx.Err() != nil {
-			continue // shutting down: drain so the reader can finish
-		}
-		w.dispatch(it, items)
-	}
+	w.dispatchAll(ctx, items)
 	w.closeEvents()
 	err := <-readErr
 	if ctx.Err() != nil {
 		return nil
 	}
 	return err
+}
+
+// dispatchAll dispatches items until the channel is closed; once ctx is
+// done it only drains them, so that the reader can finish. A lost-events
+// item within resyncEvery of the last resynchronization puts the next one
+// off until then; the events queued meanwhile are dispatched as usual, and
+// further overflows coalesce into it (w.lost stays set).
+func (w *Watcher) dispatchAll(ctx context.Context, items <-chan item) {
+	var due <-chan time.Time // fires when a put-off resync is due
+	for {
+		select {
+		case it, ok := <-items:
+			if !ok {
+				return
+			}
+			if ctx.Err() != nil {
+				continue // shutting down: drain so the reader can finish
+			}
+			if it.kind == eventLost && !w.lastResync.IsZero() {
+				if wait := w.resyncEvery - time.Since(w.lastResync); wait > 0 {
+					w.log.Debug("conntrack: putting off the resynchronization", "wait", wait)
+					due = time.After(wait)
+					continue
+				}
+			}
+			w.dispatch(it, items)
+		case <-due:
+			due = nil
+			if ctx.Err() == nil {
+				w.resync(items)
+			}
+		}
+	}
 }
 
 // closeEvents closes the event socket, which ends readEvents.
@@ -260,10 +306,7 @@ func (w *Watcher) readEvents(items chan<- item) error {
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.ENOBUFS):
-			if w.lost.CompareAndSwap(false, true) {
-				w.log.Warn("conntrack: event socket overflowed, events lost; resynchronizing from the table")
-				items <- item{kind: eventLost, at: time.Now()}
-			}
+			w.overflowed(items)
 			continue
 		default:
 			return fmt.Errorf("receiving conntrack events: %w", err)
@@ -279,6 +322,16 @@ func (w *Watcher) readEvents(items chan<- item) error {
 				items <- it
 			}
 		}
+	}
+}
+
+// overflowed counts a socket overflow (ENOBUFS) and, unless one is queued
+// or put off already, queues a lost-events item, logging it once.
+func (w *Watcher) overflowed(items chan<- item) {
+	w.overflows.Add(1)
+	if w.lost.CompareAndSwap(false, true) {
+		w.log.Warn("conntrack: event socket overflowed, events lost; resynchronizing from the table")
+		items <- item{kind: eventLost, at: time.Now()}
 	}
 }
 
@@ -390,7 +443,11 @@ func (w *Watcher) logEvicted(evicted []tracked) {
 // already queued (they are older than the dump), then compares with a dump
 // of the conntrack table.
 func (w *Watcher) resync(items <-chan item) {
+	w.lastResync = time.Now()
+	// Overflows counted until the Swap came before the dump below, which
+	// covers them; a later one queues a new lost-events item.
 	w.lost.Store(false)
+	overflows := w.overflows.Swap(0)
 	for n := len(items); n > 0; n-- {
 		it, ok := <-items
 		if !ok {
@@ -400,9 +457,9 @@ func (w *Watcher) resync(items <-chan item) {
 			w.dispatch(it, items)
 		}
 	}
-	flows, err := w.query.Dump(nil)
+	flows, err := w.dump()
 	if err != nil {
-		w.log.Error("conntrack: dumping the table after lost events", "error", err)
+		w.log.Error("conntrack: dumping the table after lost events", "overflows", overflows, "error", err)
 		return
 	}
 	live := make([]snapshot, 0, len(flows))
@@ -413,7 +470,7 @@ func (w *Watcher) resync(items <-chan item) {
 	}
 	uses, ends, evicted := w.t.reconcile(live, time.Now(), w.gone)
 	expects, tracked := w.t.counts()
-	w.log.Info("conntrack: resynchronized after lost events", "table", len(flows),
+	w.log.Info("conntrack: resynchronized after lost events", "overflows", overflows, "table", len(flows),
 		"used", len(uses), "ended", len(ends), "pending", expects, "tracked", tracked)
 	w.logEvicted(evicted)
 	for _, u := range uses {

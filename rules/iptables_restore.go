@@ -240,8 +240,9 @@ func (t *IPTables) apply(ctx context.Context, f *family, c change) (left []rule,
 
 // runBatch applies the changes of batch in one restore. When that fails,
 // it applies them one by one, so that one bad change (a rule to delete that
-// someone else removed already, a chain that a firewall reload took away)
-// does not fail the others.
+// someone else removed already) does not fail the others; unless the error
+// fails every change alike (failsAll), which trying each alone would only
+// repeat, once per change, while the callers queued behind the batch wait.
 func (t *IPTables) runBatch(f *family, batch []*pending) {
 	changes := make([]change, len(batch))
 	var all []rule
@@ -251,6 +252,21 @@ func (t *IPTables) runBatch(f *family, batch []*pending) {
 	}
 	err := f.ipt.Restore(restoreInput(changes...))
 	if err == nil {
+		return
+	}
+	if failsAll(err) {
+		t.log.Warn("iptables batch failed, failing all its changes",
+			"family", f.name, "changes", len(batch), "err", err)
+		// A failed Open removes its rules again (the restore may have
+		// committed a table); a failed Close keeps all its rules, a
+		// later Close retries them, and a rule already gone counts as
+		// removed then.
+		for _, p := range batch {
+			p.err = err
+			if p.c.del {
+				p.left = p.c.rules
+			}
+		}
 		return
 	}
 	if len(batch) == 1 {
@@ -307,4 +323,36 @@ func (t *IPTables) applyAlone(f *family, c change, err error, partial bool) (lef
 		}
 	}
 	return nil, err
+}
+
+// exitLockBusy is the exit status of iptables and iptables-restore
+// (RESOURCE_PROBLEM) when the xtables lock could not be taken in time.
+const exitLockBusy = 4
+
+// failsAll reports whether err, from a failed restore, would fail every
+// change of its batch alike, each tried alone as well: the xtables lock
+// was busy (under iptables-legacy each try would wait the full --wait
+// again), or an owned chain is missing (until Watch repairs it).
+func failsAll(err error) bool {
+	var status interface{ ExitStatus() int } // go-iptables' and the fake's errors
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &status) && status.ExitStatus() == exitLockBusy,
+		errors.As(err, &exit) && exit.ExitCode() == exitLockBusy:
+		return true
+	}
+	msg := strings.ToLower(err.Error())
+	for _, s := range []string{
+		"Another app is currently holding the xtables lock",
+		"resource temporarily unavailable",
+		"Chain '" + chainPrefix,
+		"No chain/target/match by that name",
+		"does not exist",
+		"did not finish", // killed after its time limit: a hung iptables hits every change
+	} {
+		if strings.Contains(msg, strings.ToLower(s)) {
+			return true
+		}
+	}
+	return false
 }

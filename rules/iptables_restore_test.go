@@ -1,0 +1,190 @@
+package rules
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os/exec"
+	"slices"
+	"sync"
+	"testing"
+)
+
+// restoreFaults wraps a fake so that its Restore, and only Restore, fails
+// as fail says; single commands (the one-by-one deletes, the rollback of a
+// failed Open) work.
+type restoreFaults struct {
+	*fakeIPTables
+	mu         sync.Mutex
+	fail       func(input []byte) error
+	adds, dels int // restores run while fail was set
+}
+
+func (r *restoreFaults) Restore(input []byte) error {
+	r.mu.Lock()
+	fail := r.fail
+	if fail != nil {
+		if bytes.Contains(input, []byte("\n-D ")) {
+			r.dels++
+		} else {
+			r.adds++
+		}
+	}
+	r.mu.Unlock()
+	if fail != nil {
+		if err := fail(input); err != nil {
+			return err
+		}
+	}
+	return r.fakeIPTables.Restore(input)
+}
+
+func (r *restoreFaults) setFail(fail func(input []byte) error) {
+	r.mu.Lock()
+	r.fail, r.adds, r.dels = fail, 0, 0
+	r.mu.Unlock()
+}
+
+func (r *restoreFaults) counts() (adds, dels int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.adds, r.dels
+}
+
+// TestIPTablesBatchFailsFast checks that a batch whose restore fails in a
+// way that would fail each change alone too (the xtables lock busy, an
+// owned chain missing) fails every change after that one restore, a
+// failed Close keeping its rules for a retry, while any other error still
+// isolates the bad change.
+func TestIPTablesBatchFailsFast(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		fast bool
+	}{
+		{"lock exit status", &fakeError{4, "iptables-restore: lock busy", false}, true},
+		{"lock message", errors.New("iptables-restore: Another app is currently holding the xtables lock. Stopped waiting after 5s."), true},
+		{"lock EAGAIN", errors.New("iptables-restore: can't lock: Resource temporarily unavailable"), true},
+		{"owned chain", &fakeError{2, "iptables-restore v1.8.9 (nf_tables): Chain 'FTPALG-FORWARD' does not exist", true}, true},
+		{"no chain", errFakeNoChain, true},
+		{"bad rule", errors.New("iptables-restore: line 3 failed: Bad rule"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testBatchFailure(t, tc.err, tc.fast)
+		})
+	}
+}
+
+func testBatchFailure(t *testing.T, failure error, fast bool) {
+	ctx := t.Context()
+	v4 := &restoreFaults{fakeIPTables: newFakeIPTables()}
+	b := newIPTables(testLog(t), "fake", v4, newFakeIPTables())
+	if err := b.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var closing, opening []Pinhole
+	for i := range 3 {
+		p := numbered(reversePassive, 100+i)
+		if err := b.Open(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		closing = append(closing, p)
+		opening = append(opening, numbered(passiveGateway, i))
+	}
+	bad := opening[1] // the one whose rules fail when failure does not fail all
+	badComment, _ := pinholeComment(bad)
+
+	fl := installFaults(v4.fakeIPTables)
+	// The Close gate first: it opens its pinhole before it holds.
+	closes := newGate(t, b, fl, true)
+	opens := newGate(t, b, fl, false)
+	var fns []func() error
+	for _, p := range opening {
+		fns = append(fns, func() error { return b.Open(ctx, p) })
+	}
+	for _, p := range closing {
+		fns = append(fns, func() error { return b.Close(ctx, p) })
+	}
+	done := make(chan []error)
+	go func() { done <- runConcurrently(fns...) }()
+	opens.waitQueued(len(opening))
+	closes.waitQueued(len(closing))
+	v4.setFail(func(input []byte) error {
+		if fast || bytes.Contains(input, []byte(badComment)) {
+			return fmt.Errorf("fake restore: %w", failure)
+		}
+		return nil
+	})
+	opens.release()
+	closes.release()
+	errs := <-done
+	adds, dels := v4.counts()
+	v4.setFail(nil)
+
+	if !fast {
+		// The bad Open fails alone, after the batch and one restore
+		// per Open; the Closes go in their batch.
+		for i, err := range errs[:len(opening)] {
+			if (i == 1) != errors.Is(err, failure) {
+				t.Errorf("Open of %v = %v", opening[i], err)
+			}
+		}
+		for i, err := range errs[len(opening):] {
+			if err != nil {
+				t.Errorf("Close of %v: %v", closing[i], err)
+			}
+		}
+		if want := 1 + len(opening); adds != want || dels != 1 {
+			t.Errorf("batches took %d and %d restores, want %d and 1", adds, dels, want)
+		}
+		checkRules(t, b, wantRules(t, opening[0], opening[2], opens.p))
+		return
+	}
+
+	for i, err := range errs {
+		if !errors.Is(err, failure) {
+			t.Errorf("change %d = %v, want %v", i, err, failure)
+		}
+	}
+	if adds != 1 || dels != 1 {
+		t.Errorf("failed batches took %d and %d restores, want 1 each", adds, dels)
+	}
+	// The failed Opens left nothing; the failed Closes kept their
+	// rules, and a retry removes them.
+	checkRules(t, b, wantRules(t, slices.Concat(closing, []Pinhole{opens.p})...))
+	if err := b.Verify(ctx); err != nil {
+		t.Error(err)
+	}
+	for _, p := range closing {
+		if err := b.Close(ctx, p); err != nil {
+			t.Errorf("retried Close of %v: %v", p, err)
+		}
+	}
+	checkRules(t, b, wantRules(t, opens.p))
+}
+
+// TestFailsAll checks the classification of restore errors, including the
+// exit status of the real command.
+func TestFailsAll(t *testing.T) {
+	exit4 := exec.Command("sh", "-c", "exit 4").Run()
+	exit1 := exec.Command("sh", "-c", "exit 1").Run()
+	if exit4 == nil || exit1 == nil {
+		t.Fatalf("sh exit: %v, %v", exit4, exit1)
+	}
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("running iptables-restore: %w: ", exit4), true},
+		{fmt.Errorf("running iptables-restore: %w: iptables-restore: line 2 failed: Bad rule (does a matching rule exist in that chain?).", exit1), false},
+		{fmt.Errorf("running iptables-restore: %w: iptables-restore: line 2 failed: No chain/target/match by that name.", exit1), true},
+		{fmt.Errorf("running iptables-restore: %w: iptables-restore v1.8.9 (nf_tables): Chain 'FTPALG-INPUT' does not exist", exit1), true},
+		{errors.New("running iptables-restore: did not finish in 15s (killed)"), true},
+		{&fakeError{4, "x", false}, true},
+		{&fakeError{1, "x", false}, false},
+	} {
+		if got := failsAll(tc.err); got != tc.want {
+			t.Errorf("failsAll(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
