@@ -76,18 +76,23 @@ func startALG(t testing.TB, ns *netlab.NS, args ...string) *ALG {
 	args = append([]string{"run"}, args...)
 	args = append(args, "--log-format", "json", "--log-level", "debug")
 	a := &ALG{t: t, Proc: ns.Start(t, ftpalgBin(t), args...), NS: ns}
+	waitReady(t, a)
+	return a
+}
+
+// waitReady waits for the "ftpalg running" line of a started ALG.
+func waitReady(t testing.TB, a *ALG) {
+	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if len(a.Logs("ftpalg running")) > 0 {
-			return a
-		}
+	for len(a.Logs("ftpalg running")) == 0 {
 		if exited, err := a.Proc.Exited(); exited {
 			t.Fatalf("ftpalg exited at start (%v):\n%s", err, a.Proc.Output())
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ftpalg not ready after 20s:\n%s", a.Proc.Output())
+		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("ftpalg not ready after 20s:\n%s", a.Proc.Output())
-	return nil
 }
 
 // Logs returns the JSON log records whose msg is msg ("" for all).

@@ -199,18 +199,3 @@ func TestSidecarRelay(t *testing.T) {
 	}
 	a.Stop()
 }
-
-// waitReady waits for the "ftpalg running" line of a started ALG.
-func waitReady(t *testing.T, a *ALG) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for len(a.Logs("ftpalg running")) == 0 {
-		if exited, err := a.Proc.Exited(); exited {
-			t.Fatalf("ftpalg exited at start (%v):\n%s", err, a.Proc.Output())
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ftpalg not ready:\n%s", a.Proc.Output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}

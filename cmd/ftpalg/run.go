@@ -125,12 +125,14 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) (err error) {
 	}
 
 	var lns []net.Listener
+	defer func() {
+		for _, l := range lns {
+			l.Close() // Serve closes them too; a second Close is harmless
+		}
+	}()
 	for _, ap := range rt.listens {
 		ln, err := net.Listen("tcp", ap.String())
 		if err != nil {
-			for _, l := range lns {
-				l.Close()
-			}
 			return fmt.Errorf("listening: %w", err)
 		}
 		lns = append(lns, ln)
