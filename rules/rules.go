@@ -3,9 +3,10 @@
 //
 // A Pinhole says who may connect (Src), where to (Dst, as the packet arrives),
 // and optionally how the connection is translated (DNAT to another endpoint,
-// SNAT to another source address). Backends make it live: the iptables backend
-// with rules in chains ftpalg owns, the userspace Relay for deployments
-// without CAP_NET_ADMIN, the in-memory Fake for tests.
+// SNAT to another source address). Backends make it live; they live beneath
+// this leaf package so that the proxy (package alg) links none of them:
+// rules/iptables (rules in chains ftpalg owns), rules/relay (userspace, for
+// deployments without CAP_NET_ADMIN). Fake is the in-memory backend for tests.
 //
 // Every Backend method is safe for concurrent use. Open of a pinhole whose ID
 // is already open replaces nothing and returns an error; Close is idempotent:

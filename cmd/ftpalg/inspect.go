@@ -11,7 +11,7 @@ import (
 	"strconv"
 
 	"github.com/ftpalg/ftpalg/alg"
-	"github.com/ftpalg/ftpalg/lab/inspect"
+	"github.com/ftpalg/ftpalg/alg/inspect"
 	"github.com/ftpalg/ftpalg/nat"
 )
 
@@ -56,7 +56,7 @@ func inspectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fs.PrintDefaults()
 	}
 	def := alg.DefaultPolicy()
-	jsonOut := fs.Bool("json", false, "write the report as JSON (schema "+inspect.Schema+", see the lab/inspect package doc)")
+	jsonOut := fs.Bool("json", false, "write the report as JSON (schema "+inspect.Schema+", see the alg/inspect package doc)")
 	ports := fs.String("ports", "", "more FTP control ports besides 21, comma-separated (e.g. 2121,8021)")
 	dataPorts := fs.String("data-ports", "40000-40999", "pool of data ports ftpalg would translate active mode to (LO-HI)")
 	minDataPort := fs.Uint("min-data-port", uint(def.MinDataPort), "data ports below this are refused")

@@ -6,7 +6,7 @@ import (
 	"io"
 	"log/slog"
 
-	"github.com/ftpalg/ftpalg/rules"
+	"github.com/ftpalg/ftpalg/rules/iptables"
 )
 
 func init() {
@@ -18,7 +18,7 @@ func rulesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usagef("usage: ftpalg rules list|flush")
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cfg := rules.IPTablesConfig{Log: log}
+	cfg := iptables.Config{Log: log}
 	if args[0] == "flush" {
 		// A running ftpalg would put its rules back: refuse while it runs.
 		lock, err := lockFirewall()
@@ -26,13 +26,13 @@ func rulesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		defer lock.Close()
-		if err := rules.Flush(ctx, cfg); err != nil {
+		if err := iptables.Flush(ctx, cfg); err != nil {
 			return err
 		}
 		fmt.Fprintln(stdout, "ftpalg rules removed")
 		return nil
 	}
-	t, err := rules.NewIPTables(cfg)
+	t, err := iptables.New(cfg)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,8 @@ import (
 	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/rules"
+	"github.com/ftpalg/ftpalg/rules/iptables"
+	"github.com/ftpalg/ftpalg/rules/relay"
 )
 
 func init() {
@@ -84,8 +86,8 @@ type wiring struct {
 	pol      alg.Policy
 	pool     *nat.Pool
 	proxy    *alg.Proxy
-	ipt      *rules.IPTables // nil with the relay backend
-	relay    *rules.Relay    // nil with the iptables backend
+	ipt      *iptables.Backend // nil with the relay backend
+	relay    *relay.Backend    // nil with the iptables backend
 	listens  []netip.AddrPort
 	cleanups []func()
 }
@@ -273,7 +275,7 @@ func (rt *wiring) iptables(ctx context.Context) error {
 	}
 	// Closed last (cleanups run in reverse): after Teardown.
 	rt.cleanups = append(rt.cleanups, func() { lock.Close() })
-	ipt, err := rules.NewIPTables(rules.IPTablesConfig{Log: rt.log})
+	ipt, err := iptables.New(iptables.Config{Log: rt.log})
 	if err != nil {
 		return err
 	}
@@ -344,16 +346,16 @@ func (rt *wiring) reverse(ctx context.Context, c *runConfig) error {
 			return fmt.Errorf("opening the listeners in the firewall: %w", err)
 		}
 	case "relay":
-		relay := rules.NewRelay(rules.RelayConfig{Log: rt.log})
-		rt.relay = relay
-		rt.proxy.Backend = relay
+		rl := relay.New(relay.Config{Log: rt.log})
+		rt.relay = rl
+		rt.proxy.Backend = rl
 		// A pool port that something on this host already uses cannot
 		// be listened on: skip it.
 		rt.pool.InUse = portBusy
 		rt.cleanups = append(rt.cleanups, func() {
 			sctx, cancel := context.WithTimeout(context.Background(), c.drain)
 			defer cancel()
-			if err := relay.Shutdown(sctx); err != nil {
+			if err := rl.Shutdown(sctx); err != nil {
 				rt.log.Warn("relay shutdown", "err", err)
 			}
 		})

@@ -1,4 +1,4 @@
-package rules
+package iptables
 
 import (
 	"bytes"
@@ -15,7 +15,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/coreos/go-iptables/iptables"
+	goipt "github.com/coreos/go-iptables/iptables"
+	"github.com/ftpalg/ftpalg/rules"
 )
 
 // The iptables backend.
@@ -98,7 +99,7 @@ func jumpSpec(chain string) []string {
 	return []string{"-m", "comment", "--comment", jumpComment, "-j", chain}
 }
 
-// ipTables mirrors the methods of *iptables.IPTables from
+// ipTables mirrors the methods of *goipt.IPTables from
 // github.com/coreos/go-iptables that the backend uses, so that fakeIPTables
 // (iptables_fake.go) can stand in for the kernel in unit tests.
 type ipTables interface {
@@ -134,8 +135,8 @@ func isNotExist(err error) bool {
 // or rules that ftpalg installed are missing, e.g. after a firewall reload.
 var ErrRulesChanged = errors.New("ftpalg firewall rules missing")
 
-// IPTablesConfig configures the iptables backend. The zero value is usable.
-type IPTablesConfig struct {
+// Config configures the iptables backend. The zero value is usable.
+type Config struct {
 	// Timeout bounds the wait for the xtables lock of each iptables
 	// command (iptables -w); it is rounded up to whole seconds. Zero means
 	// 5s.
@@ -162,17 +163,17 @@ type rule struct {
 	table, chain string
 	spec         []string
 	// seq orders the rules of pinholes and Intercept: the value of
-	// IPTables.seq when the rule was installed. Repair re-installs rules
+	// Backend.seq when the rule was installed. Repair re-installs rules
 	// in this order.
 	seq uint64
 }
 
-// IPTables is the Backend that makes pinholes live as iptables and ip6tables
+// Backend is the Backend that makes pinholes live as iptables and ip6tables
 // rules in chains ftpalg owns.
 //
 // Typical usage:
 //
-//	t, err := rules.NewIPTables(rules.IPTablesConfig{Log: log})
+//	t, err := rules.New(rules.Config{Log: log})
 //	err = t.Setup(ctx)        // sweep leftovers, create chains and jumps
 //	defer t.Teardown(context.WithoutCancel(ctx))
 //	err = t.Intercept(ctx, []string{"eth1"}, 2121)
@@ -185,7 +186,7 @@ type rule struct {
 // arrive while one runs are applied together in the next
 // (iptables_restore.go). The iptables commands run on the calling
 // goroutine's thread, hence in its network namespace.
-type IPTables struct {
+type Backend struct {
 	log     *slog.Logger
 	variant string
 	v4, v6  *family // v6 is nil when IPv6 is disabled
@@ -208,13 +209,13 @@ type livePinhole struct {
 	rules []rule // its rules in the firewall
 }
 
-var _ Backend = (*IPTables)(nil)
+var _ rules.Backend = (*Backend)(nil)
 
-// NewIPTables returns a backend that drives the iptables (and ip6tables)
+// New returns a backend that drives the iptables (and ip6tables)
 // commands found in PATH. It reports which variant "iptables" resolves to
 // (nf_tables or legacy) in a log line and through Variant. It changes
 // nothing; call Setup before Open.
-func NewIPTables(cfg IPTablesConfig) (*IPTables, error) {
+func New(cfg Config) (*Backend, error) {
 	wait := cfg.Timeout
 	if wait <= 0 {
 		wait = defaultLockWait
@@ -224,7 +225,7 @@ func NewIPTables(cfg IPTablesConfig) (*IPTables, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	ipt4, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(secs))
+	ipt4, err := goipt.New(goipt.IPFamily(goipt.ProtocolIPv4), goipt.Timeout(secs))
 	if err != nil {
 		return nil, fmt.Errorf("finding iptables: %w", err)
 	}
@@ -239,7 +240,7 @@ func NewIPTables(cfg IPTablesConfig) (*IPTables, error) {
 	var v6 ipTables
 	variant6 := ""
 	if !cfg.DisableIPv6 {
-		ipt6, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv6), iptables.Timeout(secs))
+		ipt6, err := goipt.New(goipt.IPFamily(goipt.ProtocolIPv6), goipt.Timeout(secs))
 		if err != nil {
 			return nil, fmt.Errorf("finding ip6tables: %w", err)
 		}
@@ -261,8 +262,8 @@ func NewIPTables(cfg IPTablesConfig) (*IPTables, error) {
 
 // newIPTables builds the backend on the given command runners; v6 may be
 // nil. Tests pass fakes.
-func newIPTables(log *slog.Logger, variant string, v4, v6 ipTables) *IPTables {
-	t := &IPTables{
+func newIPTables(log *slog.Logger, variant string, v4, v6 ipTables) *Backend {
+	t := &Backend{
 		log:     log,
 		variant: variant,
 		v4:      &family{name: "iptables", ipt: v4},
@@ -313,9 +314,9 @@ func parseVariant(out string) (string, error) {
 }
 
 // Variant returns the iptables variant in use: "nf_tables" or "legacy".
-func (t *IPTables) Variant() string { return t.variant }
+func (t *Backend) Variant() string { return t.variant }
 
-func (t *IPTables) families() []*family {
+func (t *Backend) families() []*family {
 	if t.v6 == nil {
 		return []*family{t.v4}
 	}
@@ -328,7 +329,7 @@ func (t *IPTables) families() []*family {
 // chains and inserts the jumps to them at position 1 of the built-in chains.
 // Pinholes and intercept rules a previous Setup of t installed are removed
 // too. On error, Setup removes what it added.
-func (t *IPTables) Setup(ctx context.Context) error {
+func (t *Backend) Setup(ctx context.Context) error {
 	t.life.Lock()
 	defer t.life.Unlock()
 	t.forget()
@@ -376,7 +377,7 @@ func setupFamily(ctx context.Context, f *family) error {
 // chain or rule counts as removed, so Teardown is idempotent. It is not
 // interrupted by ctx: cleanup runs to the end, each command bounded by the
 // lock timeout. On error it still removes what it can.
-func (t *IPTables) Teardown(ctx context.Context) error {
+func (t *Backend) Teardown(ctx context.Context) error {
 	t.life.Lock()
 	defer t.life.Unlock()
 	t.forget()
@@ -389,7 +390,7 @@ func (t *IPTables) Teardown(ctx context.Context) error {
 
 // forget drops the in-memory state; the caller holds t.life exclusively
 // and sweeps the kernel.
-func (t *IPTables) forget() {
+func (t *Backend) forget() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.ready = false
@@ -399,7 +400,7 @@ func (t *IPTables) forget() {
 }
 
 // sweep removes every ftpalg rule and chain of every family.
-func (t *IPTables) sweep() error {
+func (t *Backend) sweep() error {
 	var errs []error
 	for _, f := range t.families() {
 		rules, chains, err := sweepFamily(f)
@@ -545,7 +546,7 @@ func splitRuleLine(line string) ([]string, error) {
 }
 
 // family returns the family of p, or an error when it is not managed.
-func (t *IPTables) family(p Pinhole) (*family, error) {
+func (t *Backend) family(p rules.Pinhole) (*family, error) {
 	if !p.Is6() {
 		return t.v4, nil
 	}
@@ -564,7 +565,7 @@ func (t *IPTables) family(p Pinhole) (*family, error) {
 // returns nil, every rule is in the kernel. When ctx ends while Open waits
 // for its run, it returns ctx's error and changes nothing. Setup must have
 // run.
-func (t *IPTables) Open(ctx context.Context, p Pinhole) error {
+func (t *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("opening pinhole: %w", err)
 	}
@@ -637,7 +638,7 @@ func (t *IPTables) Open(ctx context.Context, p Pinhole) error {
 // rules, so that a later Close retries. Like Teardown, Close is not
 // interrupted by ctx. Close of a pinhole whose Open or Close is still
 // running returns nil at once.
-func (t *IPTables) Close(ctx context.Context, p Pinhole) error {
+func (t *Backend) Close(ctx context.Context, p rules.Pinhole) error {
 	t.life.RLock()
 	defer t.life.RUnlock()
 	t.mu.Lock()
@@ -667,7 +668,7 @@ func (t *IPTables) Close(ctx context.Context, p Pinhole) error {
 
 // install appends rules in order; on error (or when ctx ends) it removes
 // the ones it added.
-func (t *IPTables) install(ctx context.Context, rules []rule) error {
+func (t *Backend) install(ctx context.Context, rules []rule) error {
 	for i, r := range rules {
 		err := ctx.Err()
 		if err == nil {
@@ -706,7 +707,7 @@ func remove(rules []rule) (left []rule, err error) {
 var commentPartRE = regexp.MustCompile(`^[A-Za-z0-9._@/+=-]*$`)
 
 // pinholeComment returns the rule comment of p: "ftpalg:<session>:<id>".
-func pinholeComment(p Pinhole) (string, error) {
+func pinholeComment(p rules.Pinhole) (string, error) {
 	if !commentPartRE.MatchString(p.Session) || !commentPartRE.MatchString(p.ID) {
 		return "", errors.New("session and pinhole IDs may contain only letters, digits and ._@/+=-")
 	}
@@ -727,7 +728,7 @@ func portArg(p uint16) string { return strconv.Itoa(int(p)) }
 // pinholeRules returns the rules of p. Each specification is written the
 // way iptables -S prints it back (/32, -m tcp, --tcp-flags for --syn,
 // options in save order), so that Rules, the fake and the kernel agree.
-func pinholeRules(f *family, p Pinhole, comment string) []rule {
+func pinholeRules(f *family, p rules.Pinhole, comment string) []rule {
 	tgt := p.Target()
 	// origDst narrows a translated pinhole to connections that were
 	// addressed to Dst before DNAT.
@@ -780,7 +781,7 @@ var ifaceRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.@-]*\+?$`)
 // The ACCEPT lets only redirected connections reach the listener. A later
 // call replaces the rules of the earlier one. It is all-or-nothing, and
 // Setup must have run.
-func (t *IPTables) Intercept(ctx context.Context, ifaces []string, listenPort uint16) error {
+func (t *Backend) Intercept(ctx context.Context, ifaces []string, listenPort uint16) error {
 	if len(ifaces) == 0 {
 		return errors.New("intercepting FTP: no interfaces")
 	}
@@ -868,7 +869,7 @@ func sameRule(a, b rule) bool {
 //
 // sorted. It reads the kernel, not t's memory, so it also shows what another
 // or a crashed process left.
-func (t *IPTables) Rules(ctx context.Context) ([]string, error) {
+func (t *Backend) Rules(ctx context.Context) ([]string, error) {
 	t.life.RLock()
 	defer t.life.RUnlock()
 	var out []string
@@ -917,8 +918,8 @@ func (t *IPTables) Rules(ctx context.Context) ([]string, error) {
 
 // Flush removes everything ftpalg owns from the firewall, as left by any
 // ftpalg process (for "ftpalg rules flush"): Teardown on a fresh backend.
-func Flush(ctx context.Context, cfg IPTablesConfig) error {
-	t, err := NewIPTables(cfg)
+func Flush(ctx context.Context, cfg Config) error {
+	t, err := New(cfg)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package rules
+package relay
 
 import (
 	"bytes"
@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/rules"
 )
 
 // logBuffer collects log output for assertions; it is safe for concurrent
@@ -55,11 +57,11 @@ func (l *logBuffer) lines(subs ...string) []string {
 
 // newTestRelay returns a relay logging into the returned buffer. At the end
 // of the test it is shut down, and no transfer may be left.
-func newTestRelay(t *testing.T, cfg RelayConfig) (*Relay, *logBuffer) {
+func newTestRelay(t *testing.T, cfg Config) (*Backend, *logBuffer) {
 	t.Helper()
 	logs := &logBuffer{}
 	cfg.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	r := NewRelay(cfg)
+	r := New(cfg)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -148,9 +150,9 @@ func (s *testServer) expectNone(t testing.TB) {
 
 // pinholeTo returns a pinhole from src to a free port on dstAddr, relayed
 // to target.
-func pinholeTo(t testing.TB, id, src, dstAddr string, target netip.AddrPort) Pinhole {
+func pinholeTo(t testing.TB, id, src, dstAddr string, target netip.AddrPort) rules.Pinhole {
 	t.Helper()
-	return Pinhole{
+	return rules.Pinhole{
 		ID:      id,
 		Session: "s1",
 		Src:     netip.MustParseAddr(src),
@@ -281,7 +283,7 @@ func TestRelayTransferIPv6(t *testing.T) {
 
 func testRelayTransfer(t *testing.T, loopback string) {
 	var listens []string
-	r, logs := newTestRelay(t, RelayConfig{
+	r, logs := newTestRelay(t, Config{
 		Listen: func(network, addr string) (net.Listener, error) {
 			listens = append(listens, network+" "+addr)
 			return net.Listen(network, addr)
@@ -328,7 +330,7 @@ func testRelayTransfer(t *testing.T, loopback string) {
 }
 
 func TestRelaySingleUse(t *testing.T) {
-	r, _ := newTestRelay(t, RelayConfig{})
+	r, _ := newTestRelay(t, Config{})
 	srv := newTestServer(t, "127.0.0.1")
 	p := pinholeTo(t, "s1.p1", "127.0.0.1", "127.0.0.1", srv.addr())
 	if err := r.Open(context.Background(), p); err != nil {
@@ -354,7 +356,7 @@ func TestRelaySingleUse(t *testing.T) {
 }
 
 func TestRelayWrongPeer(t *testing.T) {
-	r, logs := newTestRelay(t, RelayConfig{})
+	r, logs := newTestRelay(t, Config{})
 	srv := newTestServer(t, "127.0.0.1")
 	// The pinhole admits 127.0.0.2 only; all of 127/8 is local on Linux.
 	p := pinholeTo(t, "s1.p1", "127.0.0.2", "127.0.0.1", srv.addr())
@@ -383,7 +385,7 @@ func TestRelayWrongPeer(t *testing.T) {
 }
 
 func TestRelayRefusalLogCapped(t *testing.T) {
-	r, logs := newTestRelay(t, RelayConfig{})
+	r, logs := newTestRelay(t, Config{})
 	srv := newTestServer(t, "127.0.0.1")
 	p := pinholeTo(t, "s1.p1", "127.0.0.2", "127.0.0.1", srv.addr())
 	if err := r.Open(context.Background(), p); err != nil {
@@ -408,7 +410,7 @@ func TestRelaySNAT(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("binding to 127.0.0.3 needs all of 127/8 local (Linux)")
 	}
-	r, logs := newTestRelay(t, RelayConfig{})
+	r, logs := newTestRelay(t, Config{})
 	srv := newTestServer(t, "127.0.0.1")
 	p := pinholeTo(t, "s1.p1", "127.0.0.1", "127.0.0.1", srv.addr())
 	p.SNAT = netip.MustParseAddr("127.0.0.3")
@@ -431,7 +433,7 @@ func TestRelaySNAT(t *testing.T) {
 }
 
 func TestRelayTTL(t *testing.T) {
-	r, logs := newTestRelay(t, RelayConfig{})
+	r, logs := newTestRelay(t, Config{})
 	srv := newTestServer(t, "127.0.0.1")
 	p := pinholeTo(t, "s1.p1", "127.0.0.1", "127.0.0.1", srv.addr())
 	p.TTL = 50 * time.Millisecond
@@ -456,7 +458,7 @@ func TestRelayTTL(t *testing.T) {
 }
 
 func TestRelayCloseBeforeUse(t *testing.T) {
-	r, _ := newTestRelay(t, RelayConfig{})
+	r, _ := newTestRelay(t, Config{})
 	srv := newTestServer(t, "127.0.0.1")
 	p := pinholeTo(t, "s1.p1", "127.0.0.1", "127.0.0.1", srv.addr())
 	if err := r.Open(context.Background(), p); err != nil {
@@ -489,7 +491,7 @@ func TestRelayCloseBeforeUse(t *testing.T) {
 }
 
 func TestRelayCloseDuringTransfer(t *testing.T) {
-	r, _ := newTestRelay(t, RelayConfig{})
+	r, _ := newTestRelay(t, Config{})
 	srv := newTestServer(t, "127.0.0.1")
 	p := pinholeTo(t, "s1.p1", "127.0.0.1", "127.0.0.1", srv.addr())
 	if err := r.Open(context.Background(), p); err != nil {
@@ -517,7 +519,7 @@ func TestRelayCloseDuringTransfer(t *testing.T) {
 }
 
 func TestRelayAbortPropagates(t *testing.T) {
-	r, logs := newTestRelay(t, RelayConfig{})
+	r, logs := newTestRelay(t, Config{})
 	srv := newTestServer(t, "127.0.0.1")
 	p := pinholeTo(t, "s1.p1", "127.0.0.1", "127.0.0.1", srv.addr())
 	if err := r.Open(context.Background(), p); err != nil {
@@ -549,7 +551,7 @@ func TestRelayAbortPropagates(t *testing.T) {
 }
 
 func TestRelayDialFailure(t *testing.T) {
-	r, logs := newTestRelay(t, RelayConfig{DialTimeout: 2 * time.Second})
+	r, logs := newTestRelay(t, Config{DialTimeout: 2 * time.Second})
 	closed := freePort(t, "127.0.0.1") // nothing listens there
 	p := pinholeTo(t, "s1.p1", "127.0.0.1", "127.0.0.1", closed)
 	if err := r.Open(context.Background(), p); err != nil {
@@ -571,7 +573,7 @@ func TestRelayDialFailure(t *testing.T) {
 }
 
 func TestRelayOpenErrors(t *testing.T) {
-	r, _ := newTestRelay(t, RelayConfig{})
+	r, _ := newTestRelay(t, Config{})
 	target := netip.MustParseAddrPort("127.0.0.1:2021")
 	ok := pinholeTo(t, "s1.p1", "127.0.0.1", "127.0.0.1", target)
 	if err := r.Open(context.Background(), ok); err != nil {
@@ -588,22 +590,22 @@ func TestRelayOpenErrors(t *testing.T) {
 	tests := []struct {
 		name   string
 		ctx    context.Context
-		edit   func(*Pinhole)
+		edit   func(*rules.Pinhole)
 		errIs  error
 		errHas string
 	}{
-		{"invalid", nil, func(p *Pinhole) { p.Src = netip.Addr{} }, nil, "required"},
-		{"no DNAT", nil, func(p *Pinhole) { p.DNAT = netip.AddrPort{} }, nil, "needs a DNAT"},
-		{"DNAT to itself", nil, func(p *Pinhole) { p.DNAT = p.Dst }, nil, "listening address"},
-		{"duplicate ID", nil, func(p *Pinhole) { p.ID = ok.ID }, nil, "already open"},
-		{"port in use", nil, func(p *Pinhole) { p.Dst = busy.Addr().(*net.TCPAddr).AddrPort() }, syscall.EADDRINUSE, ""},
-		{"address not local", nil, func(p *Pinhole) {
+		{"invalid", nil, func(p *rules.Pinhole) { p.Src = netip.Addr{} }, nil, "required"},
+		{"no DNAT", nil, func(p *rules.Pinhole) { p.DNAT = netip.AddrPort{} }, nil, "needs a DNAT"},
+		{"DNAT to itself", nil, func(p *rules.Pinhole) { p.DNAT = p.Dst }, nil, "listening address"},
+		{"duplicate ID", nil, func(p *rules.Pinhole) { p.ID = ok.ID }, nil, "already open"},
+		{"port in use", nil, func(p *rules.Pinhole) { p.Dst = busy.Addr().(*net.TCPAddr).AddrPort() }, syscall.EADDRINUSE, ""},
+		{"address not local", nil, func(p *rules.Pinhole) {
 			// A documentation address that no interface here has.
 			p.Src = netip.MustParseAddr("203.0.113.1")
 			p.Dst = netip.MustParseAddrPort("203.0.113.2:40000")
 			p.DNAT = netip.MustParseAddrPort("203.0.113.3:40000")
 		}, syscall.EADDRNOTAVAIL, ""},
-		{"cancelled", cancelled, func(*Pinhole) {}, context.Canceled, ""},
+		{"cancelled", cancelled, func(*rules.Pinhole) {}, context.Canceled, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -628,18 +630,18 @@ func TestRelayOpenErrors(t *testing.T) {
 	}
 
 	listenErr := errors.New("no listening today")
-	r2, _ := newTestRelay(t, RelayConfig{Listen: func(string, string) (net.Listener, error) { return nil, listenErr }})
+	r2, _ := newTestRelay(t, Config{Listen: func(string, string) (net.Listener, error) { return nil, listenErr }})
 	if err := r2.Open(context.Background(), ok); !errors.Is(err, listenErr) {
 		t.Errorf("Open with a failing Listen: err = %v, want it wrapped", err)
 	}
 }
 
 func TestRelayShutdown(t *testing.T) {
-	r, _ := newTestRelay(t, RelayConfig{})
+	r, _ := newTestRelay(t, Config{})
 	srv := newTestServer(t, "127.0.0.1")
 	pending := pinholeTo(t, "s1.p1", "127.0.0.1", "127.0.0.1", srv.addr())
 	used := pinholeTo(t, "s1.p2", "127.0.0.1", "127.0.0.1", srv.addr())
-	for _, p := range []Pinhole{pending, used} {
+	for _, p := range []rules.Pinhole{pending, used} {
 		if err := r.Open(context.Background(), p); err != nil {
 			t.Fatalf("Open: %v", err)
 		}
@@ -678,7 +680,7 @@ func TestRelayShutdown(t *testing.T) {
 }
 
 func TestRelayShutdownWaits(t *testing.T) {
-	r, _ := newTestRelay(t, RelayConfig{})
+	r, _ := newTestRelay(t, Config{})
 	srv := newTestServer(t, "127.0.0.1")
 	p := pinholeTo(t, "s1.p1", "127.0.0.1", "127.0.0.1", srv.addr())
 	if err := r.Open(context.Background(), p); err != nil {
@@ -714,7 +716,7 @@ func TestRelayShutdownWaits(t *testing.T) {
 func BenchmarkRelayThroughput(b *testing.B) {
 	const size = 64 << 20
 	sink := newSink(b)
-	r := NewRelay(RelayConfig{Log: slog.New(slog.DiscardHandler)})
+	r := New(Config{Log: slog.New(slog.DiscardHandler)})
 	b.Cleanup(func() { r.Shutdown(context.Background()) })
 	n := 0
 	// openPinhole opens a fresh pinhole to the sink (they are single use).

@@ -1,4 +1,4 @@
-package rules
+package iptables
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 	"testing"
+
+	"github.com/ftpalg/ftpalg/rules"
 )
 
 // restoreFaults wraps a fake so that its Restore, and only Restore, fails
@@ -82,7 +84,7 @@ func testBatchFailure(t *testing.T, failure error, fast bool) {
 	if err := b.Setup(ctx); err != nil {
 		t.Fatal(err)
 	}
-	var closing, opening []Pinhole
+	var closing, opening []rules.Pinhole
 	for i := range 3 {
 		p := numbered(reversePassive, 100+i)
 		if err := b.Open(ctx, p); err != nil {
@@ -151,7 +153,7 @@ func testBatchFailure(t *testing.T, failure error, fast bool) {
 	}
 	// The failed Opens left nothing; the failed Closes kept their
 	// rules, and a retry removes them.
-	checkRules(t, b, wantRules(t, slices.Concat(closing, []Pinhole{opens.p})...))
+	checkRules(t, b, wantRules(t, slices.Concat(closing, []rules.Pinhole{opens.p})...))
 	if err := b.Verify(ctx); err != nil {
 		t.Error(err)
 	}

@@ -1,4 +1,4 @@
-package rules
+package iptables
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 // host whose INPUT policy is DROP. An unspecified address ("0.0.0.0",
 // "[::]", dual-stack) accepts the port on every address of its families.
 // The rules are removed by Teardown, like the interception rules.
-func (t *IPTables) AllowListeners(ctx context.Context, addrs []netip.AddrPort) error {
+func (t *Backend) AllowListeners(ctx context.Context, addrs []netip.AddrPort) error {
 	t.life.Lock()
 	defer t.life.Unlock()
 	t.mu.Lock()

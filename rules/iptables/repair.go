@@ -1,4 +1,4 @@
-package rules
+package iptables
 
 import (
 	"bytes"
@@ -38,7 +38,7 @@ type damage struct {
 // flushed the tables) yields an error wrapping ErrRulesChanged; a failure to
 // read the firewall yields another error. Before Setup, or after Teardown,
 // everything counts as missing.
-func (t *IPTables) Verify(ctx context.Context) error {
+func (t *Backend) Verify(ctx context.Context) error {
 	t.life.RLock()
 	defer t.life.RUnlock()
 	missing, err := t.check(ctx)
@@ -64,7 +64,7 @@ func (t *IPTables) Verify(ctx context.Context) error {
 
 // check compares the firewall with what t installed and returns what is
 // missing. The caller holds t.life.
-func (t *IPTables) check(ctx context.Context) ([]damage, error) {
+func (t *Backend) check(ctx context.Context) ([]damage, error) {
 	// want counts the expected rules per family, table, chain and comment.
 	type key struct {
 		fam                   *family
@@ -159,9 +159,9 @@ func (t *IPTables) check(ctx context.Context) ([]damage, error) {
 // open pinhole, in the order they were added. Each table is rebuilt in one
 // iptables-restore transaction, so rules that survived are not doubled and
 // no packet sees a half-rebuilt chain. It logs one line naming what was
-// missing and reports whether it changed anything. Pinhole changes wait
+// missing and reports whether it changed anything. rules.Pinhole changes wait
 // while it repairs; while nothing is missing it takes no lock they need.
-func (t *IPTables) Repair(ctx context.Context) (repaired bool, err error) {
+func (t *Backend) Repair(ctx context.Context) (repaired bool, err error) {
 	if err := t.Verify(ctx); err == nil {
 		return false, nil
 	} else if !errors.Is(err, ErrRulesChanged) {
@@ -218,7 +218,7 @@ func (t *IPTables) Repair(ctx context.Context) (repaired bool, err error) {
 // repairInput returns the iptables-restore input that rebuilds the tables
 // of f that lack something, and how many pinholes it re-installs. The
 // caller holds t.life exclusively.
-func (t *IPTables) repairInput(f *family, missing []damage) ([]byte, int) {
+func (t *Backend) repairInput(f *family, missing []damage) ([]byte, int) {
 	// Every rule t installed in f, in the order it went in.
 	var rules []rule
 	pinholeOf := make(map[uint64]bool) // seq of the pinholes' rules
@@ -277,7 +277,7 @@ func (t *IPTables) repairInput(f *family, missing []damage) ([]byte, int) {
 // error changes or Repair succeeds again. Run it on a goroutine of its own,
 // after Setup, and end it before Teardown; like every method of t, it runs
 // the iptables commands in the network namespace of its goroutine's thread.
-func (t *IPTables) Watch(ctx context.Context, interval time.Duration) {
+func (t *Backend) Watch(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		interval = DefaultWatchInterval
 	}

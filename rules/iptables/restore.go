@@ -1,4 +1,4 @@
-package rules
+package iptables
 
 import (
 	"bytes"
@@ -13,10 +13,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/coreos/go-iptables/iptables"
+	goipt "github.com/coreos/go-iptables/iptables"
 )
 
-// Pinhole changes go through iptables-restore.
+// rules.Pinhole changes go through iptables-restore.
 //
 // With iptables-nft every transaction that deletes rules waits some 16ms
 // in the kernel, and such transactions do not overlap, so a pinhole's four
@@ -41,7 +41,7 @@ import (
 // kernelIPTables drives the kernel: go-iptables for single commands,
 // iptables-restore (or ip6tables-restore) for transactions.
 type kernelIPTables struct {
-	*iptables.IPTables
+	*goipt.IPTables
 	path        string // iptables or ip6tables
 	restorePath string // iptables-restore or ip6tables-restore
 	wait        int    // seconds, for --wait
@@ -50,7 +50,7 @@ type kernelIPTables struct {
 // newKernelIPTables pairs ipt with the commands cmd ("iptables" or
 // "ip6tables") and cmd-restore found in PATH; the restore command must be
 // of variant, like cmd.
-func newKernelIPTables(ipt *iptables.IPTables, cmd, variant string, wait int) (*kernelIPTables, error) {
+func newKernelIPTables(ipt *goipt.IPTables, cmd, variant string, wait int) (*kernelIPTables, error) {
 	path, err := exec.LookPath(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("finding %s: %w", cmd, err)
@@ -185,7 +185,7 @@ type pending struct {
 // arrive meanwhile, and returns c's outcome. While c waits for a run under
 // way, the end of ctx withdraws it (context.WithoutCancel makes c wait in
 // any case); once its run has started, c is made or fails with the run.
-func (t *IPTables) apply(ctx context.Context, f *family, c change) (left []rule, err error) {
+func (t *Backend) apply(ctx context.Context, f *family, c change) (left []rule, err error) {
 	b := &f.adds
 	if c.del {
 		b = &f.dels
@@ -243,7 +243,7 @@ func (t *IPTables) apply(ctx context.Context, f *family, c change) (left []rule,
 // someone else removed already) does not fail the others; unless the error
 // fails every change alike (failsAll), which trying each alone would only
 // repeat, once per change, while the callers queued behind the batch wait.
-func (t *IPTables) runBatch(f *family, batch []*pending) {
+func (t *Backend) runBatch(f *family, batch []*pending) {
 	changes := make([]change, len(batch))
 	var all []rule
 	for i, p := range batch {
@@ -290,7 +290,7 @@ func (t *IPTables) runBatch(f *family, batch []*pending) {
 // A delete that fails goes on rule by rule, a rule already gone counting as
 // deleted; what cannot be deleted is returned. An append that fails is
 // rolled back.
-func (t *IPTables) applyAlone(f *family, c change, err error, partial bool) (left []rule, _ error) {
+func (t *Backend) applyAlone(f *family, c change, err error, partial bool) (left []rule, _ error) {
 	if c.del {
 		if err == nil {
 			if err = f.ipt.Restore(restoreInput(c)); err == nil {
@@ -355,4 +355,18 @@ func failsAll(err error) bool {
 		}
 	}
 	return false
+}
+
+// formatSpec joins a rule specification the way iptables -S prints it: the
+// comment is always in double quotes, other arguments only when they
+// contain a space or a quote.
+func formatSpec(spec []string) string {
+	out := make([]string, len(spec))
+	for i, a := range spec {
+		if (i > 0 && spec[i-1] == "--comment") || a == "" || strings.ContainsAny(a, " \t\"\\") {
+			a = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(a) + `"`
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
 }

@@ -1,4 +1,4 @@
-package rules
+package iptables
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/rules"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -25,7 +26,7 @@ func testLog(t testing.TB) *slog.Logger {
 }
 
 // newFakeBackend returns a backend on two fakes (IPv4 and IPv6).
-func newFakeBackend(t testing.TB) (*IPTables, *fakeIPTables, *fakeIPTables) {
+func newFakeBackend(t testing.TB) (*Backend, *fakeIPTables, *fakeIPTables) {
 	v4, v6 := newFakeIPTables(), newFakeIPTables()
 	return newIPTables(testLog(t), "fake", v4, v6), v4, v6
 }
@@ -37,24 +38,24 @@ func addr(s string) netip.Addr   { return netip.MustParseAddr(s) }
 var (
 	// Passive, gateway mode: the client behind the gateway connects to the
 	// port the server announced; SNAT to the gateway's upstream address.
-	passiveGateway = Pinhole{ID: "s1.p1", Session: "s1", Src: addr("192.0.2.10"),
+	passiveGateway = rules.Pinhole{ID: "s1.p1", Session: "s1", Src: addr("192.0.2.10"),
 		Dst: ap("203.0.113.5:40000"), SNAT: addr("198.51.100.1")}
 	// Active, gateway mode: the server connects to the gateway's pool
 	// port, DNAT to the port the client announced.
-	activeGateway = Pinhole{ID: "s2.p1", Session: "s2", Src: addr("203.0.113.5"),
+	activeGateway = rules.Pinhole{ID: "s2.p1", Session: "s2", Src: addr("203.0.113.5"),
 		Dst: ap("198.51.100.1:50000"), DNAT: ap("192.0.2.10:40001")}
 	// Passive, reverse mode: the client connects to the public pool port,
 	// DNAT to the private server, SNAT to the proxy's inside address.
-	reversePassive = Pinhole{ID: "s3.p2", Session: "s3", Src: addr("203.0.113.7"),
+	reversePassive = rules.Pinhole{ID: "s3.p2", Session: "s3", Src: addr("203.0.113.7"),
 		Dst: ap("198.51.100.1:50001"), DNAT: ap("192.0.2.20:30000"), SNAT: addr("192.0.2.1")}
 	// Routed, no NAT.
-	routed = Pinhole{ID: "s4.p1", Session: "s4", Src: addr("192.0.2.10"), Dst: ap("203.0.113.5:40002")}
+	routed = rules.Pinhole{ID: "s4.p1", Session: "s4", Src: addr("192.0.2.10"), Dst: ap("203.0.113.5:40002")}
 
-	passiveGateway6 = Pinhole{ID: "s5.p1", Session: "s5", Src: addr("2001:db8:1::10"),
+	passiveGateway6 = rules.Pinhole{ID: "s5.p1", Session: "s5", Src: addr("2001:db8:1::10"),
 		Dst: ap("[2001:db8:2::5]:40000"), SNAT: addr("2001:db8:ff::1")}
-	activeGateway6 = Pinhole{ID: "s6.p1", Session: "s6", Src: addr("2001:db8:2::5"),
+	activeGateway6 = rules.Pinhole{ID: "s6.p1", Session: "s6", Src: addr("2001:db8:2::5"),
 		Dst: ap("[2001:db8:ff::1]:50000"), DNAT: ap("[2001:db8:1::10]:40001")}
-	reversePassive6 = Pinhole{ID: "s7.p1", Session: "s7", Src: addr("2001:db8:2::7"),
+	reversePassive6 = rules.Pinhole{ID: "s7.p1", Session: "s7", Src: addr("2001:db8:2::7"),
 		Dst: ap("[2001:db8:ff::1]:50001"), DNAT: ap("[2001:db8:1::20]:30000"), SNAT: addr("2001:db8:1::1")}
 )
 
@@ -66,26 +67,26 @@ type scenario struct {
 	name       string
 	ifaces     []string
 	listenPort uint16
-	pinholes   []Pinhole
+	pinholes   []rules.Pinhole
 }
 
 var scenarios = []scenario{
 	{name: "setup"},
-	{name: "passive-gateway", pinholes: []Pinhole{passiveGateway}},
-	{name: "active-gateway", pinholes: []Pinhole{activeGateway}},
-	{name: "reverse-passive", pinholes: []Pinhole{reversePassive}},
-	{name: "routed", pinholes: []Pinhole{routed}},
-	{name: "passive-gateway-ipv6", pinholes: []Pinhole{passiveGateway6}},
-	{name: "active-gateway-ipv6", pinholes: []Pinhole{activeGateway6}},
-	{name: "reverse-passive-ipv6", pinholes: []Pinhole{reversePassive6}},
+	{name: "passive-gateway", pinholes: []rules.Pinhole{passiveGateway}},
+	{name: "active-gateway", pinholes: []rules.Pinhole{activeGateway}},
+	{name: "reverse-passive", pinholes: []rules.Pinhole{reversePassive}},
+	{name: "routed", pinholes: []rules.Pinhole{routed}},
+	{name: "passive-gateway-ipv6", pinholes: []rules.Pinhole{passiveGateway6}},
+	{name: "active-gateway-ipv6", pinholes: []rules.Pinhole{activeGateway6}},
+	{name: "reverse-passive-ipv6", pinholes: []rules.Pinhole{reversePassive6}},
 	{name: "intercept", ifaces: []string{"eth0", "wan+"}, listenPort: 2121},
-	{name: "all", ifaces: []string{"eth1"}, listenPort: 2121, pinholes: []Pinhole{
+	{name: "all", ifaces: []string{"eth1"}, listenPort: 2121, pinholes: []rules.Pinhole{
 		passiveGateway, activeGateway, reversePassive, routed, passiveGateway6, activeGateway6, reversePassive6}},
 }
 
 // run applies s to a backend that is not set up yet and returns the golden
 // text: the description, then the Rules dump.
-func (s scenario) run(ctx context.Context, b *IPTables) (string, error) {
+func (s scenario) run(ctx context.Context, b *Backend) (string, error) {
 	var out strings.Builder
 	fmt.Fprintf(&out, "# scenario %s: Setup", s.name)
 	if err := b.Setup(ctx); err != nil {
@@ -338,7 +339,7 @@ func TestIPTablesSetupRollsBack(t *testing.T) {
 }
 
 func TestIPTablesOpenRollsBack(t *testing.T) {
-	for _, p := range []Pinhole{reversePassive, reversePassive6} {
+	for _, p := range []rules.Pinhole{reversePassive, reversePassive6} {
 		for _, chain := range []string{chainForward, chainInput, chainPrerouting, chainOutput, chainPostrouting} {
 			t.Run(p.ID+"/"+chain, func(t *testing.T) {
 				ctx := t.Context()
@@ -437,20 +438,20 @@ func TestIPTablesOpenRefuses(t *testing.T) {
 	}
 
 	before := v4.save() + v6.save()
-	bad := func(f func(*Pinhole)) Pinhole {
+	bad := func(f func(*rules.Pinhole)) rules.Pinhole {
 		p := passiveGateway
 		p.ID = "s1.p9"
 		f(&p)
 		return p
 	}
-	for name, p := range map[string]Pinhole{
-		"duplicate ID":        func() Pinhole { p := passiveGateway; p.ID = routed.ID; return p }(),
-		"invalid":             bad(func(p *Pinhole) { p.Src = netip.Addr{} }),
-		"mixed families":      bad(func(p *Pinhole) { p.SNAT = addr("2001:db8::1") }),
-		"space in ID":         bad(func(p *Pinhole) { p.ID = "s1 p9" }),
-		"quote in session":    bad(func(p *Pinhole) { p.Session = `s"1` }),
-		"colon in session":    bad(func(p *Pinhole) { p.Session = "s:1" }),
-		"overlong session ID": bad(func(p *Pinhole) { p.Session = strings.Repeat("s", 300) }),
+	for name, p := range map[string]rules.Pinhole{
+		"duplicate ID":        func() rules.Pinhole { p := passiveGateway; p.ID = routed.ID; return p }(),
+		"invalid":             bad(func(p *rules.Pinhole) { p.Src = netip.Addr{} }),
+		"mixed families":      bad(func(p *rules.Pinhole) { p.SNAT = addr("2001:db8::1") }),
+		"space in ID":         bad(func(p *rules.Pinhole) { p.ID = "s1 p9" }),
+		"quote in session":    bad(func(p *rules.Pinhole) { p.Session = `s"1` }),
+		"colon in session":    bad(func(p *rules.Pinhole) { p.Session = "s:1" }),
+		"overlong session ID": bad(func(p *rules.Pinhole) { p.Session = strings.Repeat("s", 300) }),
 	} {
 		if err := b.Open(ctx, p); err == nil {
 			t.Errorf("%s: Open(%v) succeeded", name, p)
@@ -809,7 +810,7 @@ func (fl *faults) setFail(fail func(op, table, chain string, spec []string) erro
 type gate struct {
 	t       *testing.T
 	lane    *batcher
-	p       Pinhole // whose Open (Close) is held up
+	p       rules.Pinhole // whose Open (Close) is held up
 	h       *hold
 	once    sync.Once
 	done    chan error // the held Open's (Close's) result
@@ -818,10 +819,10 @@ type gate struct {
 
 // newGate starts an Open (del: a Close, after an Open) of a pinhole of its
 // own and returns when its restore is held up in the fake.
-func newGate(t *testing.T, b *IPTables, fl *faults, del bool) *gate {
+func newGate(t *testing.T, b *Backend, fl *faults, del bool) *gate {
 	t.Helper()
 	g := &gate{t: t, lane: &b.v4.adds, done: make(chan error, 1),
-		p: Pinhole{ID: "gate-open.p1", Session: "gate-open", Src: addr("192.0.2.250"), Dst: ap("203.0.113.250:40998")}}
+		p: rules.Pinhole{ID: "gate-open.p1", Session: "gate-open", Src: addr("192.0.2.250"), Dst: ap("203.0.113.250:40998")}}
 	if del {
 		g.lane = &b.v4.dels
 		g.p.ID, g.p.Session, g.p.Dst = "gate-close.p1", "gate-close", ap("203.0.113.250:40999")
@@ -876,7 +877,7 @@ func (g *gate) waitQueued(n int) {
 
 // numbered returns a copy of p with ID, session and destination port
 // derived from i.
-func numbered(p Pinhole, i int) Pinhole {
+func numbered(p rules.Pinhole, i int) rules.Pinhole {
 	p.Session = fmt.Sprintf("b%d", i)
 	p.ID = p.Session + ".p1"
 	p.Dst = netip.AddrPortFrom(p.Dst.Addr(), uint16(41000+i))
@@ -897,7 +898,7 @@ func runConcurrently(fns ...func() error) []error {
 
 // wantRules returns the Rules dump of a fresh fake backend with the given
 // pinholes open.
-func wantRules(t *testing.T, pinholes ...Pinhole) []string {
+func wantRules(t *testing.T, pinholes ...rules.Pinhole) []string {
 	t.Helper()
 	ctx := t.Context()
 	b, _, _ := newFakeBackend(t)
@@ -916,7 +917,7 @@ func wantRules(t *testing.T, pinholes ...Pinhole) []string {
 	return rules
 }
 
-func checkRules(t *testing.T, b *IPTables, want []string) {
+func checkRules(t *testing.T, b *Backend, want []string) {
 	t.Helper()
 	got, err := b.Rules(t.Context())
 	if err != nil {
@@ -936,7 +937,7 @@ func TestIPTablesBatches(t *testing.T) {
 	if err := b.Setup(ctx); err != nil {
 		t.Fatal(err)
 	}
-	var closing []Pinhole
+	var closing []rules.Pinhole
 	for i := range 3 {
 		p := numbered(reversePassive, 100+i)
 		if err := b.Open(ctx, p); err != nil {
@@ -960,7 +961,7 @@ func TestIPTablesBatches(t *testing.T) {
 	}
 
 	var fns []func() error
-	var opening []Pinhole
+	var opening []rules.Pinhole
 	for i := range 10 {
 		p := numbered(passiveGateway, i)
 		if i%2 == 1 {
@@ -1006,7 +1007,7 @@ func TestIPTablesBatchFallback(t *testing.T) {
 	flushed := numbered(reversePassive, 1) // its rules vanish
 	failClose := numbered(reversePassive, 2)
 	stays := numbered(passiveGateway, 3)
-	for _, p := range []Pinhole{flushed, failClose, stays} {
+	for _, p := range []rules.Pinhole{flushed, failClose, stays} {
 		if err := b.Open(ctx, p); err != nil {
 			t.Fatal(err)
 		}
@@ -1046,7 +1047,7 @@ func TestIPTablesBatchFallback(t *testing.T) {
 		}
 		return nil
 	})
-	var opening []Pinhole
+	var opening []rules.Pinhole
 	fns := []func() error{
 		func() error { return b.Open(ctx, failOpen) },
 		func() error { return b.Close(ctx, flushed) },
@@ -1081,7 +1082,7 @@ func TestIPTablesBatchFallback(t *testing.T) {
 	// The failed Close keeps the nat rules it could not delete (its
 	// filter rules went with the batch's filter table); the failed Open
 	// left nothing; the others are in exactly once.
-	want := wantRules(t, slices.Concat([]Pinhole{stays, failClose, opens.p}, opening)...)
+	want := wantRules(t, slices.Concat([]rules.Pinhole{stays, failClose, opens.p}, opening)...)
 	want = slices.DeleteFunc(want, func(line string) bool {
 		return strings.Contains(line, failCloseComment) && strings.Contains(line, "-t filter")
 	})
@@ -1094,5 +1095,5 @@ func TestIPTablesBatchFallback(t *testing.T) {
 	if err := b.Close(ctx, failClose); err != nil {
 		t.Errorf("retried Close: %v", err)
 	}
-	checkRules(t, b, wantRules(t, slices.Concat([]Pinhole{stays, opens.p}, opening)...))
+	checkRules(t, b, wantRules(t, slices.Concat([]rules.Pinhole{stays, opens.p}, opening)...))
 }

@@ -1,4 +1,4 @@
-package rules
+package relay
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/ftpalg/ftpalg/rules"
 )
 
 // The relay backend.
@@ -34,8 +36,8 @@ const (
 // errRelayShutDown is returned by Open after Shutdown.
 var errRelayShutDown = errors.New("relay is shut down")
 
-// RelayConfig configures the relay backend. The zero value is usable.
-type RelayConfig struct {
+// Config configures the relay backend. The zero value is usable.
+type Config struct {
 	// Log receives pinhole and transfer events. If nil, slog.Default.
 	Log *slog.Logger
 	// DialTimeout bounds the connection to the target. Zero means 10s.
@@ -46,14 +48,14 @@ type RelayConfig struct {
 	Listen func(network, addr string) (net.Listener, error)
 }
 
-// Relay is the Backend that makes pinholes live without any firewall
+// Backend is the Backend that makes pinholes live without any firewall
 // change, for deployments without CAP_NET_ADMIN: Open listens on the
 // pinhole's Dst and relays the one connection from Src to the pinhole's
 // DNAT endpoint (the real peer), bound to the SNAT address when one is set.
 //
 // Typical usage:
 //
-//	r := rules.NewRelay(rules.RelayConfig{Log: log})
+//	r := rules.New(rules.Config{Log: log})
 //	defer r.Shutdown(shutdownCtx)
 //	err := r.Open(ctx, p)  // listening on p.Dst when it returns
 //	...
@@ -68,7 +70,7 @@ type RelayConfig struct {
 // connection accepted before Close (even by a hair) is relayed.
 //
 // Every method is safe for concurrent use.
-type Relay struct {
+type Backend struct {
 	log         *slog.Logger
 	dialTimeout time.Duration
 	listen      func(network, addr string) (net.Listener, error)
@@ -98,12 +100,12 @@ type relayWait struct {
 // peer connected.
 var errRelayUnused = errors.New("pinhole closed unused")
 
-var _ Connector = (*Relay)(nil)
+var _ rules.Connector = (*Backend)(nil)
 
 // Connected waits until the connection accepted on pinhole p has been
 // relayed to its target (nil), the dial failed, or p closed unused. A
 // pinhole the relay does not know (long finished) returns nil at once.
-func (r *Relay) Connected(ctx context.Context, p Pinhole) error {
+func (r *Backend) Connected(ctx context.Context, p rules.Pinhole) error {
 	r.mu.Lock()
 	w := r.waits[p.ID]
 	r.mu.Unlock()
@@ -119,7 +121,7 @@ func (r *Relay) Connected(ctx context.Context, p Pinhole) error {
 }
 
 // settle ends the wait of pinhole id with err.
-func (r *Relay) settle(id string, err error) {
+func (r *Backend) settle(id string, err error) {
 	r.mu.Lock()
 	w := r.waits[id]
 	delete(r.waits, id)
@@ -130,11 +132,11 @@ func (r *Relay) settle(id string, err error) {
 	}
 }
 
-var _ Backend = (*Relay)(nil)
+var _ rules.Backend = (*Backend)(nil)
 
 // relayHole is one pinhole waiting for its connection.
 type relayHole struct {
-	p     Pinhole
+	p     rules.Pinhole
 	ln    net.Listener
 	timer *time.Timer   // the TTL backstop; nil without TTL
 	done  chan struct{} // closed when the accept loop has returned
@@ -143,7 +145,7 @@ type relayHole struct {
 // relayTransfer is one relayed connection, from the accept of the peer
 // until both directions have ended.
 type relayTransfer struct {
-	p    Pinhole
+	p    rules.Pinhole
 	peer net.Conn
 
 	mu     sync.Mutex
@@ -151,9 +153,9 @@ type relayTransfer struct {
 	killed bool     // Shutdown cut the transfer
 }
 
-// NewRelay returns a relay backend. It opens nothing until Open.
-func NewRelay(cfg RelayConfig) *Relay {
-	r := &Relay{
+// New returns a relay backend. It opens nothing until Open.
+func New(cfg Config) *Backend {
+	r := &Backend{
 		log:         cfg.Log,
 		dialTimeout: cfg.DialTimeout,
 		listen:      cfg.Listen,
@@ -178,7 +180,7 @@ func NewRelay(cfg RelayConfig) *Relay {
 // p.DNAT, which must be set (it is the real endpoint). It returns once the
 // listener is bound; a bind failure (port in use, address not local) is an
 // error wrapping the cause.
-func (r *Relay) Open(ctx context.Context, p Pinhole) error {
+func (r *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("opening pinhole %v: %w", p, err)
 	}
@@ -228,7 +230,7 @@ func (r *Relay) Open(ctx context.Context, p Pinhole) error {
 
 // Close closes the listener of p if its connection has not come yet. It
 // is idempotent and does not cut a transfer already relayed through p.
-func (r *Relay) Close(ctx context.Context, p Pinhole) error {
+func (r *Backend) Close(ctx context.Context, p rules.Pinhole) error {
 	r.mu.Lock()
 	h := r.holes[p.ID]
 	r.mu.Unlock()
@@ -248,7 +250,7 @@ func (r *Relay) Close(ctx context.Context, p Pinhole) error {
 // progress to end. When ctx ends first, it cuts the remaining transfers,
 // waits for their goroutines and returns an error wrapping ctx.Err(). Open
 // fails after Shutdown; calling Shutdown again is harmless.
-func (r *Relay) Shutdown(ctx context.Context) error {
+func (r *Backend) Shutdown(ctx context.Context) error {
 	r.mu.Lock()
 	r.shutDown = true
 	holes := make([]*relayHole, 0, len(r.holes))
@@ -288,7 +290,7 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 
 // Active reports the number of relayed connections in progress (dialling
 // or copying).
-func (r *Relay) Active() int {
+func (r *Backend) Active() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.transfers)
@@ -296,7 +298,7 @@ func (r *Relay) Active() int {
 
 // retire closes the listener of h and forgets h. It reports whether h was
 // still open, so that only one caller logs the reason.
-func (r *Relay) retire(h *relayHole) bool {
+func (r *Backend) retire(h *relayHole) bool {
 	r.mu.Lock()
 	open := r.holes[h.p.ID] == h
 	if open {
@@ -312,7 +314,7 @@ func (r *Relay) retire(h *relayHole) bool {
 
 // acceptLoop waits for the expected peer of h, refusing any other, and
 // starts the transfer of the first right one.
-func (r *Relay) acceptLoop(h *relayHole) {
+func (r *Backend) acceptLoop(h *relayHole) {
 	defer r.wg.Done()
 	defer close(h.done)
 	p := h.p
@@ -362,7 +364,7 @@ func (r *Relay) acceptLoop(h *relayHole) {
 }
 
 // addTransfer registers t unless the relay is shut down.
-func (r *Relay) addTransfer(t *relayTransfer) bool {
+func (r *Backend) addTransfer(t *relayTransfer) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.shutDown {
@@ -375,7 +377,7 @@ func (r *Relay) addTransfer(t *relayTransfer) bool {
 
 // relay dials the target of t and copies both directions until both have
 // ended, then logs the transfer.
-func (r *Relay) relay(t *relayTransfer) {
+func (r *Backend) relay(t *relayTransfer) {
 	defer r.wg.Done()
 	defer func() {
 		r.mu.Lock()

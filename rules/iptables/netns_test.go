@@ -1,4 +1,4 @@
-package rules
+package iptables
 
 // Root-only tests of the iptables backend against the kernel, each in a
 // network namespace of its own. A namespace belongs to an OS thread, and the
@@ -26,7 +26,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coreos/go-iptables/iptables"
+	goipt "github.com/coreos/go-iptables/iptables"
+	"github.com/ftpalg/ftpalg/rules"
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -84,9 +85,9 @@ func enterNetns(tb testing.TB) (restore func()) {
 }
 
 // newKernelBackend returns the real backend; the caller is in a netns.
-func newKernelBackend(tb testing.TB) *IPTables {
+func newKernelBackend(tb testing.TB) *Backend {
 	tb.Helper()
-	b, err := NewIPTables(IPTablesConfig{Log: testLog(tb)})
+	b, err := New(Config{Log: testLog(tb)})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -98,13 +99,13 @@ func newKernelBackend(tb testing.TB) *IPTables {
 
 // kernelRunners returns go-iptables handles for both families, to set up
 // foreign and stale state as another program would.
-func kernelRunners(tb testing.TB) (v4, v6 *iptables.IPTables) {
+func kernelRunners(tb testing.TB) (v4, v6 *goipt.IPTables) {
 	tb.Helper()
-	v4, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
+	v4, err := goipt.New(goipt.IPFamily(goipt.ProtocolIPv4), goipt.Timeout(5))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	v6, err = iptables.New(iptables.IPFamily(iptables.ProtocolIPv6), iptables.Timeout(5))
+	v6, err = goipt.New(goipt.IPFamily(goipt.ProtocolIPv6), goipt.Timeout(5))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -258,7 +259,7 @@ func TestNetnsIPTablesSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	// "ftpalg rules flush" from another process removes it all.
-	if err := Flush(ctx, IPTablesConfig{Log: testLog(t)}); err != nil {
+	if err := Flush(ctx, Config{Log: testLog(t)}); err != nil {
 		t.Fatal(err)
 	}
 	if d := cmp.Diff(foreign, kernelSave(t, "iptables-save")+kernelSave(t, "ip6tables-save")); d != "" {
@@ -330,7 +331,7 @@ func TestNetnsIPTablesVerify(t *testing.T) {
 }
 
 // openLive opens n passive gateway pinholes with distinct clients and ports.
-func openLive(ctx context.Context, b *IPTables, n int) error {
+func openLive(ctx context.Context, b *Backend, n int) error {
 	for i := range n {
 		p := passiveGateway
 		p.ID = fmt.Sprintf("live.p%d", i)
@@ -351,7 +352,7 @@ func BenchmarkIPTablesOpenClose(b *testing.B) {
 		b.Run(fmt.Sprintf("live=%d", live), func(b *testing.B) {
 			defer enterNetns(b)()
 			ctx := b.Context()
-			t, err := NewIPTables(IPTablesConfig{Log: slog.New(slog.DiscardHandler)})
+			t, err := New(Config{Log: slog.New(slog.DiscardHandler)})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -576,7 +577,7 @@ func TestNetnsIPTablesDataPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Teardown(context.WithoutCancel(ctx))
-	open := func(p Pinhole) {
+	open := func(p rules.Pinhole) {
 		t.Helper()
 		if err := b.Open(ctx, p); err != nil {
 			t.Fatal(err)
@@ -588,7 +589,7 @@ func TestNetnsIPTablesDataPath(t *testing.T) {
 	ln := d.listen(d.server, at(d.serverIP, 40002))
 	d.listen(d.server, at(d.serverIP, 40003))
 	d.expectBlocked(d.client, netip.Addr{}, at(d.serverIP, 40002))
-	p := Pinhole{ID: "r.p1", Session: "r", Src: d.clientIP, Dst: at(d.serverIP, 40002)}
+	p := rules.Pinhole{ID: "r.p1", Session: "r", Src: d.clientIP, Dst: at(d.serverIP, 40002)}
 	open(p)
 	c, s := d.expectPeer(d.client, netip.Addr{}, at(d.serverIP, 40002), ln, d.clientIP)
 	d.expectBlocked(d.client, netip.Addr{}, at(d.serverIP, 40003))
@@ -608,31 +609,31 @@ func TestNetnsIPTablesDataPath(t *testing.T) {
 
 	t.Log("passive gateway: forwarded, SNAT")
 	ln = d.listen(d.server, at(d.serverIP, 40000))
-	open(Pinhole{ID: "pg.p1", Session: "pg", Src: d.clientIP, Dst: at(d.serverIP, 40000), SNAT: d.gwOutside})
+	open(rules.Pinhole{ID: "pg.p1", Session: "pg", Src: d.clientIP, Dst: at(d.serverIP, 40000), SNAT: d.gwOutside})
 	_, _ = d.expectPeer(d.client, netip.Addr{}, at(d.serverIP, 40000), ln, d.gwOutside)
 
 	t.Log("active gateway: forwarded, DNAT")
 	ln = d.listen(d.client, at(d.clientIP, 40001))
 	d.expectBlocked(d.server, netip.Addr{}, at(d.gwOutside, 50000))
-	open(Pinhole{ID: "ag.p1", Session: "ag", Src: d.serverIP, Dst: at(d.gwOutside, 50000), DNAT: at(d.clientIP, 40001)})
+	open(rules.Pinhole{ID: "ag.p1", Session: "ag", Src: d.serverIP, Dst: at(d.gwOutside, 50000), DNAT: at(d.clientIP, 40001)})
 	_, _ = d.expectPeer(d.server, netip.Addr{}, at(d.gwOutside, 50000), ln, d.serverIP)
 	d.expectBlocked(d.server, netip.Addr{}, at(d.gwOutside, 50001))
 
 	t.Log("reverse passive: forwarded, DNAT and SNAT")
 	ln = d.listen(d.server, at(d.serverIP, 30000))
-	open(Pinhole{ID: "rp.p1", Session: "rp", Src: d.clientIP, Dst: at(d.gwInside, 50002),
+	open(rules.Pinhole{ID: "rp.p1", Session: "rp", Src: d.clientIP, Dst: at(d.gwInside, 50002),
 		DNAT: at(d.serverIP, 30000), SNAT: d.gwOutside})
 	_, _ = d.expectPeer(d.client, netip.Addr{}, at(d.gwInside, 50002), ln, d.gwOutside)
 
 	t.Log("target on the gateway: INPUT, SNAT in nat INPUT")
 	ln = d.listen(d.gw, at(d.gwInside, 40005))
 	d.expectBlocked(d.client, netip.Addr{}, at(d.gwInside, 40005))
-	open(Pinhole{ID: "lt.p1", Session: "lt", Src: d.clientIP, Dst: at(d.gwInside, 40005), SNAT: d.gwOutside})
+	open(rules.Pinhole{ID: "lt.p1", Session: "lt", Src: d.clientIP, Dst: at(d.gwInside, 40005), SNAT: d.gwOutside})
 	_, _ = d.expectPeer(d.client, netip.Addr{}, at(d.gwInside, 40005), ln, d.gwOutside)
 
 	t.Log("source on the gateway: DNAT in nat OUTPUT")
 	ln = d.listen(d.client, at(d.clientIP, 40006))
-	open(Pinhole{ID: "ls.p1", Session: "ls", Src: d.gwOutside, Dst: at(addr("203.0.113.99"), 50003), DNAT: at(d.clientIP, 40006)})
+	open(rules.Pinhole{ID: "ls.p1", Session: "ls", Src: d.gwOutside, Dst: at(addr("203.0.113.99"), 50003), DNAT: at(d.clientIP, 40006)})
 	_, _ = d.expectPeer(d.gw, d.gwOutside, at(addr("203.0.113.99"), 50003), ln, d.gwOutside)
 
 	if err := b.Verify(ctx); err != nil {
@@ -651,7 +652,7 @@ func BenchmarkIPTablesOpenUnderLoad(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer ns.Close()
-	t, err := NewIPTables(IPTablesConfig{Log: slog.New(slog.DiscardHandler)})
+	t, err := New(Config{Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -719,7 +720,7 @@ func BenchmarkIPTablesOpenCloseParallel(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer ns.Close()
-			t, err := NewIPTables(IPTablesConfig{Log: slog.New(slog.DiscardHandler)})
+			t, err := New(Config{Log: slog.New(slog.DiscardHandler)})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -767,7 +768,7 @@ func BenchmarkIPTablesOpenCloseParallel(b *testing.B) {
 func BenchmarkIPTablesVerify(b *testing.B) {
 	defer enterNetns(b)()
 	ctx := b.Context()
-	t, err := NewIPTables(IPTablesConfig{Log: slog.New(slog.DiscardHandler)})
+	t, err := New(Config{Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -832,8 +833,8 @@ func TestNetnsIPTablesRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	at := netip.AddrPortFrom
-	pg := Pinhole{ID: "pg.p1", Session: "pg", Src: d.clientIP, Dst: at(d.serverIP, 40000), SNAT: d.gwOutside}
-	for _, p := range []Pinhole{pg, passiveGateway6, reversePassive} {
+	pg := rules.Pinhole{ID: "pg.p1", Session: "pg", Src: d.clientIP, Dst: at(d.serverIP, 40000), SNAT: d.gwOutside}
+	for _, p := range []rules.Pinhole{pg, passiveGateway6, reversePassive} {
 		if err := b.Open(ctx, p); err != nil {
 			t.Fatal(err)
 		}
@@ -918,7 +919,7 @@ func TestNetnsIPTablesRepair(t *testing.T) {
 	}
 	cancel()
 	<-watching
-	for _, p := range []Pinhole{pg, passiveGateway6, reversePassive} {
+	for _, p := range []rules.Pinhole{pg, passiveGateway6, reversePassive} {
 		if err := b.Close(ctx, p); err != nil {
 			t.Error(err)
 		}

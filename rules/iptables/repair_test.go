@@ -1,4 +1,4 @@
-package rules
+package iptables
 
 import (
 	"bytes"
@@ -114,7 +114,7 @@ var repairCases = []repairCase{
 // setUpRepair returns a fake backend with foreign state, the "all"
 // scenario and, when listeners, AllowListeners; and the golden text of the
 // scenario.
-func setUpRepair(t *testing.T, log *slog.Logger, listeners bool) (b *IPTables, v4, v6 *fakeIPTables, golden string) {
+func setUpRepair(t *testing.T, log *slog.Logger, listeners bool) (b *Backend, v4, v6 *fakeIPTables, golden string) {
 	t.Helper()
 	ctx := t.Context()
 	v4, v6 = newFakeIPTables(), newFakeIPTables()
@@ -145,7 +145,7 @@ func setUpRepair(t *testing.T, log *slog.Logger, listeners bool) (b *IPTables, v
 
 // goldenOf returns the golden text of the "all" scenario for b: its
 // description lines from golden, then b's Rules.
-func goldenOf(t *testing.T, b *IPTables, golden string) string {
+func goldenOf(t *testing.T, b *Backend, golden string) string {
 	t.Helper()
 	var out strings.Builder
 	for line := range strings.Lines(golden) {

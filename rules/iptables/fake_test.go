@@ -1,4 +1,4 @@
-package rules
+package iptables
 
 import (
 	"errors"
@@ -76,7 +76,7 @@ func (e *fakeError) Error() string {
 func (e *fakeError) ExitStatus() int { return e.status }
 
 // IsNotExist reports whether the error is due to the chain or rule not
-// existing, like (*iptables.Error).IsNotExist.
+// existing, like (*goipt.Error).IsNotExist.
 func (e *fakeError) IsNotExist() bool { return e.notExist }
 
 var (
@@ -400,20 +400,6 @@ func (f *fakeIPTables) save() string {
 		b.WriteString("COMMIT\n")
 	}
 	return b.String()
-}
-
-// formatSpec joins a rule specification the way iptables -S prints it: the
-// comment is always in double quotes, other arguments only when they
-// contain a space or a quote.
-func formatSpec(spec []string) string {
-	out := make([]string, len(spec))
-	for i, a := range spec {
-		if (i > 0 && spec[i-1] == "--comment") || a == "" || strings.ContainsAny(a, " \t\"\\") {
-			a = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(a) + `"`
-		}
-		out[i] = a
-	}
-	return strings.Join(out, " ")
 }
 
 // restoreLine is one line of Restore input that changes something.
