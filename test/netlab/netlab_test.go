@@ -15,6 +15,7 @@ import (
 
 	"github.com/ti-mo/conntrack"
 
+	labnet "github.com/ftpalg/ftpalg/lab/netlab"
 	"github.com/ftpalg/ftpalg/test/netlab"
 )
 
@@ -401,7 +402,7 @@ func TestSweepStale(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(staleDir) })
 	// A stale namespace with a process in it.
-	sleeper := (&netlab.NS{Name: staleNS}).Command(context.Background(), "sleep", "600")
+	sleeper := (&labnet.NS{Name: staleNS}).Command(context.Background(), "sleep", "600")
 	if err := sleeper.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -6,14 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	labnet "github.com/ftpalg/ftpalg/lab/netlab"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -23,7 +22,9 @@ import (
 // a crashed run's leftovers from a live run's namespaces.
 const Prefix = "ftpalgt-"
 
-// Addresses of the topology. Everything is in documentation ranges.
+// Addresses of the topology: lab/netlab's address plan, with the client
+// inside and the server and a third host outside. Everything is in
+// documentation ranges.
 //
 //	client 192.0.2.2 2001:db8:1::2 (eth0)
 //	   |
@@ -33,26 +34,26 @@ const Prefix = "ftpalgt-"
 //	   |                              |
 //	server 203.0.113.2 2001:db8:2::2  other 203.0.113.3 2001:db8:2::3 (eth0)
 var (
-	ClientAddr4    = netip.MustParseAddr("192.0.2.2")
-	ClientAddr6    = netip.MustParseAddr("2001:db8:1::2")
-	GWInsideAddr4  = netip.MustParseAddr("192.0.2.1")
-	GWInsideAddr6  = netip.MustParseAddr("2001:db8:1::1")
-	GWOutsideAddr4 = netip.MustParseAddr("203.0.113.1")
-	GWOutsideAddr6 = netip.MustParseAddr("2001:db8:2::1")
-	ServerAddr4    = netip.MustParseAddr("203.0.113.2")
-	ServerAddr6    = netip.MustParseAddr("2001:db8:2::2")
-	OtherAddr4     = netip.MustParseAddr("203.0.113.3")
-	OtherAddr6     = netip.MustParseAddr("2001:db8:2::3")
+	ClientAddr4    = labnet.InsideHost4
+	ClientAddr6    = labnet.InsideHost6
+	GWInsideAddr4  = labnet.InsideGW4
+	GWInsideAddr6  = labnet.InsideGW6
+	GWOutsideAddr4 = labnet.OutsideGW4
+	GWOutsideAddr6 = labnet.OutsideGW6
+	ServerAddr4    = labnet.OutsideHost4
+	ServerAddr6    = labnet.OutsideHost6
+	OtherAddr4     = labnet.OutsideOther4
+	OtherAddr6     = labnet.OutsideOther6
 )
 
 // Interface names inside the namespaces.
 const (
 	// GWInside is the gateway's client-side interface.
-	GWInside = "inside"
+	GWInside = labnet.IfInside
 	// GWOutside is the gateway's server-side interface (MASQUERADE goes out here).
-	GWOutside = "outside"
+	GWOutside = labnet.IfOutside
 	// HostIf is the one interface of client, server and other.
-	HostIf = "eth0"
+	HostIf = labnet.IfHost
 )
 
 // Family is an IP version.
@@ -106,17 +107,6 @@ type Topo struct {
 
 var topoSeq atomic.Int64
 
-// Static MAC addresses, so that IPv6 neighbours can be entered permanently.
-// A strict firewall (INPUT policy DROP, only ESTABLISHED accepted) drops
-// neighbour discovery, which conntrack never marks ESTABLISHED.
-const (
-	macClient    = "02:f7:a1:00:01:02"
-	macGWInside  = "02:f7:a1:00:01:01"
-	macGWOutside = "02:f7:a1:00:02:01"
-	macServer    = "02:f7:a1:00:02:02"
-	macOther     = "02:f7:a1:00:02:03"
-)
-
 // NewTopology builds a new topology for t and registers its removal (every
 // process in its namespaces is killed, then the namespaces are deleted) with
 // t.Cleanup. It skips t (fails it under CI) without root or tools, and fails
@@ -134,7 +124,9 @@ func NewTopology(t testing.TB, opts Options) *Topo {
 	}
 	id := fmt.Sprintf("%d-%d%s", os.Getpid(), topoSeq.Add(1), hex.EncodeToString(suffix[:]))
 	tp := &Topo{ID: id, log: log}
-	mk := func(role string) *NS { return &NS{Name: Prefix + id + "-" + role, Role: role, log: log} }
+	mk := func(role string) *NS {
+		return &NS{NS: labnet.NS{Name: Prefix + id + "-" + role, Log: log}, Role: role}
+	}
 	tp.Client, tp.GW, tp.Server, tp.Other, tp.Switch = mk("client"), mk("gw"), mk("server"), mk("other"), mk("switch")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -143,10 +135,8 @@ func NewTopology(t testing.TB, opts Options) *Topo {
 			t.Errorf("removing topology %s: %v", tp.ID, err)
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	start := time.Now()
-	if err := tp.build(ctx); err != nil {
+	if err := tp.build(); err != nil {
 		t.Fatalf("building topology %s: %v", tp.ID, err)
 	}
 	log.Debug("topology ready", "id", id, "took", time.Since(start))
@@ -176,114 +166,22 @@ var hostAddrs = map[string][2]netip.Addr{
 	"other":  {OtherAddr4, OtherAddr6},
 }
 
-func (tp *Topo) build(ctx context.Context) error {
+// build creates the namespaces and wires them: the client directly to the
+// gateway's inside, the gateway, server and other through the switch's
+// bridge outside.
+func (tp *Topo) build() error {
 	for _, n := range tp.Namespaces() {
-		if _, err := runIP(ctx, "netns", "add", n.Name); err != nil {
-			return err
-		}
-		// DAD off before any interface exists, so that addresses are usable
-		// at once; "nodad" on the addresses below as well.
-		if _, err := n.Run(ctx, "sysctl", "-q", "-w",
-			"net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
-			"net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.accept_ra=0"); err != nil {
+		if _, err := labnet.Create(n.Name); err != nil {
 			return err
 		}
 	}
-	if _, err := tp.GW.Run(ctx, "sysctl", "-q", "-w",
-		"net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.default.forwarding=1"); err != nil {
+	if err := labnet.SetGateway(&tp.GW.NS); err != nil {
 		return err
 	}
-	if err := tp.GW.Sysctl(ctx, "net.netfilter.nf_conntrack_acct", "1"); err != nil {
-		return err
-	}
-	if err := disableConntrackHelper(ctx, tp.GW); err != nil {
-		return err
-	}
-	c, gw, srv, oth, sw := tp.Client.Name, tp.GW.Name, tp.Server.Name, tp.Other.Name, tp.Switch.Name
-	steps := [][]string{
-		{"-n", gw, "link", "add", GWInside, "address", macGWInside, "type", "veth", "peer", "name", HostIf, "address", macClient, "netns", c},
-		{"-n", sw, "link", "add", "br0", "type", "bridge", "stp_state", "0", "mcast_snooping", "0"},
-		{"-n", gw, "link", "add", GWOutside, "address", macGWOutside, "type", "veth", "peer", "name", "p-gw", "netns", sw},
-		{"-n", srv, "link", "add", HostIf, "address", macServer, "type", "veth", "peer", "name", "p-server", "netns", sw},
-		{"-n", oth, "link", "add", HostIf, "address", macOther, "type", "veth", "peer", "name", "p-other", "netns", sw},
-	}
-	for _, port := range []string{"p-gw", "p-server", "p-other"} {
-		steps = append(steps, []string{"-n", sw, "link", "set", port, "master", "br0", "up"})
-	}
-	steps = append(steps, []string{"-n", sw, "link", "set", "br0", "up"})
-	type host struct {
-		ns   string
-		dev  string
-		a4   netip.Addr
-		a6   netip.Addr
-		via4 netip.Addr
-		via6 netip.Addr
-	}
-	hosts := []host{
-		{c, HostIf, ClientAddr4, ClientAddr6, GWInsideAddr4, GWInsideAddr6},
-		{gw, GWInside, GWInsideAddr4, GWInsideAddr6, netip.Addr{}, netip.Addr{}},
-		{gw, GWOutside, GWOutsideAddr4, GWOutsideAddr6, netip.Addr{}, netip.Addr{}},
-		{srv, HostIf, ServerAddr4, ServerAddr6, GWOutsideAddr4, GWOutsideAddr6},
-		{oth, HostIf, OtherAddr4, OtherAddr6, GWOutsideAddr4, GWOutsideAddr6},
-	}
-	for _, n := range []string{c, gw, srv, oth, sw} {
-		steps = append(steps, []string{"-n", n, "link", "set", "lo", "up"})
-	}
-	for _, h := range hosts {
-		plen := "/24"
-		steps = append(steps,
-			[]string{"-n", h.ns, "addr", "add", h.a4.String() + plen, "dev", h.dev},
-			[]string{"-n", h.ns, "-6", "addr", "add", h.a6.String() + "/64", "dev", h.dev, "nodad"},
-			[]string{"-n", h.ns, "link", "set", h.dev, "up"},
-		)
-		if h.via4.IsValid() {
-			steps = append(steps,
-				[]string{"-n", h.ns, "route", "add", "default", "via", h.via4.String()},
-				[]string{"-n", h.ns, "-6", "route", "add", "default", "via", h.via6.String()},
-			)
-		}
-	}
-	// Permanent IPv6 neighbours: see the comment on the MAC constants.
-	neigh := func(ns, dev string, a netip.Addr, mac string) []string {
-		return []string{"-n", ns, "-6", "neigh", "replace", a.String(), "lladdr", mac, "dev", dev, "nud", "permanent"}
-	}
-	steps = append(steps,
-		neigh(c, HostIf, GWInsideAddr6, macGWInside),
-		neigh(gw, GWInside, ClientAddr6, macClient),
-		neigh(gw, GWOutside, ServerAddr6, macServer),
-		neigh(gw, GWOutside, OtherAddr6, macOther),
-		neigh(srv, HostIf, GWOutsideAddr6, macGWOutside),
-		neigh(srv, HostIf, OtherAddr6, macOther),
-		neigh(oth, HostIf, GWOutsideAddr6, macGWOutside),
-		neigh(oth, HostIf, ServerAddr6, macServer),
+	return labnet.Wire(&tp.GW.NS,
+		labnet.Segment{Side: labnet.Inside, Hosts: []*labnet.NS{&tp.Client.NS}},
+		labnet.Segment{Side: labnet.Outside, Hosts: []*labnet.NS{&tp.Server.NS, &tp.Other.NS}, Switch: &tp.Switch.NS},
 	)
-	for _, s := range steps {
-		if _, err := runIP(ctx, s...); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// disableConntrackHelper makes sure the kernel does not attach the FTP
-// conntrack helper to port 21 on its own: net.netfilter.nf_conntrack_helper
-// (removed in Linux 6.0) must be absent or 0. Nothing in this package adds a
-// CT --helper rule, so the helper never sees the control channels.
-func disableConntrackHelper(ctx context.Context, n *NS) error {
-	const key = "net.netfilter.nf_conntrack_helper"
-	v, err := n.ReadSysctl(ctx, key)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if v != "0" {
-		if err := n.Sysctl(ctx, key, "0"); err != nil {
-			return fmt.Errorf("disabling automatic conntrack helpers: %w", err)
-		}
-	}
-	return nil
 }
 
 // destroy kills every process in the namespaces and deletes them. A
@@ -291,79 +189,11 @@ func disableConntrackHelper(ctx context.Context, n *NS) error {
 func (tp *Topo) destroy(ctx context.Context) error {
 	var errs []error
 	for _, n := range tp.Namespaces() {
-		if err := removeNamespace(ctx, n.Name); err != nil {
+		if err := labnet.Remove(ctx, n.Name); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// removeNamespace kills the processes in namespace name, waits for them to
-// go, and deletes it. A missing namespace is not an error.
-func removeNamespace(ctx context.Context, name string) error {
-	if _, err := os.Stat(filepath.Join("/run/netns", name)); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	n := &NS{Name: name}
-	for {
-		pids, err := n.PIDs(ctx)
-		if err != nil {
-			return err
-		}
-		if len(pids) == 0 {
-			break
-		}
-		for _, pid := range pids {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for processes %v in %s to exit: %w", pids, name, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	if _, err := runIP(ctx, "netns", "del", name); err != nil {
-		return err
-	}
-	return nil
-}
-
-// ownerPID returns the pid encoded in a name made of Prefix + "<pid>-...".
-func ownerPID(name string) (int, bool) {
-	rest, ok := strings.CutPrefix(name, Prefix)
-	if !ok {
-		return 0, false
-	}
-	pidStr, _, ok := strings.Cut(rest, "-")
-	if !ok {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(pidStr)
-	if err != nil || pid <= 0 {
-		return 0, false
-	}
-	return pid, true
-}
-
-// alive reports whether a process with this pid exists.
-func alive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
-}
-
-// listNamespaces returns the names `ip netns list` shows.
-func listNamespaces(ctx context.Context) ([]string, error) {
-	out, err := runIP(ctx, "netns", "list")
-	if err != nil {
-		return nil, err
-	}
-	var names []string
-	for _, line := range strings.Split(out, "\n") {
-		if f := strings.Fields(line); len(f) > 0 {
-			names = append(names, f[0])
-		}
-	}
-	return names, nil
 }
 
 // SweepStale removes what a killed earlier run left behind: namespaces named
@@ -371,18 +201,17 @@ func listNamespaces(ctx context.Context) ([]string, error) {
 // named the same way) whose pid no longer exists. Namespaces of live runs, including
 // this process, are left alone.
 func SweepStale(ctx context.Context, log *slog.Logger) error {
-	names, err := listNamespaces(ctx)
+	owned, err := labnet.ListOwned(Prefix)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	for _, name := range names {
-		pid, ok := ownerPID(name)
-		if !ok || alive(pid) {
+	for _, o := range owned {
+		if labnet.Alive(o.PID) {
 			continue
 		}
-		log.Info("removing stale namespace", "ns", name, "owner", pid)
-		if err := removeNamespace(ctx, name); err != nil {
+		log.Info("removing stale namespace", "ns", o.Name, "owner", o.PID)
+		if err := labnet.Remove(ctx, o.Name); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -391,8 +220,8 @@ func SweepStale(ctx context.Context, log *slog.Logger) error {
 		return errors.Join(append(errs, err)...)
 	}
 	for _, dir := range dirs {
-		pid, ok := ownerPID(filepath.Base(dir))
-		if !ok || alive(pid) {
+		pid, ok := labnet.OwnerPID(Prefix, filepath.Base(dir))
+		if !ok || labnet.Alive(pid) {
 			continue
 		}
 		log.Info("removing stale scratch directory", "dir", dir, "owner", pid)
@@ -455,16 +284,16 @@ func runMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "FAIL: the root namespace's firewall changed during the tests\nbefore:\n%s\nafter:\n%s\n", before, after)
 		code = 1
 	}
-	names, err := listNamespaces(ctx)
+	owned, err := labnet.ListOwned(Prefix)
 	if err != nil {
 		log.Warn("listing namespaces", "err", err)
 	}
-	for _, name := range names {
-		if pid, ok := ownerPID(name); ok && pid == os.Getpid() {
-			fmt.Fprintf(os.Stderr, "FAIL: namespace %s left behind\n", name)
+	for _, o := range owned {
+		if o.PID == os.Getpid() {
+			fmt.Fprintf(os.Stderr, "FAIL: namespace %s left behind\n", o.Name)
 			code = 1
-			if err := removeNamespace(ctx, name); err != nil {
-				log.Warn("removing leftover namespace", "ns", name, "err", err)
+			if err := labnet.Remove(ctx, o.Name); err != nil {
+				log.Warn("removing leftover namespace", "ns", o.Name, "err", err)
 			}
 		}
 	}
