@@ -11,13 +11,14 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/lab/netlab/roottest"
 
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
@@ -30,22 +31,7 @@ import (
 // and fails it instead under CI=true.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	var missing string
-	if os.Geteuid() != 0 {
-		missing = "root (network namespaces, netfilter)"
-	}
-	for _, tool := range []string{"ip", "iptables", "ip6tables", "sysctl"} {
-		if _, err := exec.LookPath(tool); err != nil && missing == "" {
-			missing = tool
-		}
-	}
-	if missing == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("needs %s, which CI=true requires", missing)
-	}
-	t.Skipf("needs %s", missing)
+	roottest.Require(t, "ip", "iptables", "ip6tables", "sysctl")
 }
 
 // testNet is two network namespaces joined by a veth pair: the client

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ftpalg/ftpalg/lab/netlab"
 )
 
 // event is one line of ftpalg's JSON log.
@@ -166,10 +168,10 @@ type algProc struct {
 // startALG runs `bin run ARGS --log-format json` in ns and waits until it
 // logs that it is running. The child has its own process group, so that a
 // Ctrl-C in the terminal reaches the lab, which then stops it in order.
-func startALG(ctx context.Context, ns *netNS, bin string, args ...string) (*algProc, error) {
+func startALG(ctx context.Context, ns *netlab.NS, bin string, args ...string) (*algProc, error) {
 	args = append(append([]string{"run"}, args...), "--log-format", "json")
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.name, bin}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Never cancelled: stop ends it, in order.
+	cmd := ns.Command(context.Background(), bin, args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, fmt.Errorf("starting ftpalg: %w", err)

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ftpalg/ftpalg/lab/netlab"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
@@ -110,7 +111,7 @@ func (pf *packetFile) flush() error {
 // forwarded packet is recorded twice: as it arrives on one interface and as
 // it leaves by the other, after NAT.
 type capture struct {
-	ns   *netNS
+	ns   *netlab.NS
 	sock *os.File
 	out  *os.File
 	pf   *packetFile
@@ -125,15 +126,15 @@ type capture struct {
 
 // startCapture opens the packet socket in ns and starts writing path
 // (pcapng if it ends in ".pcapng", else pcap).
-func startCapture(ns *netNS, path string) (*capture, error) {
+func startCapture(ns *netlab.NS, path string) (*capture, error) {
 	var fd int
-	err := ns.do(func() error {
+	err := ns.Do(func() error {
 		var err error
 		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("opening a packet socket in %s: %w", ns.name, err)
+		return nil, fmt.Errorf("opening a packet socket in %s: %w", ns.Name, err)
 	}
 	sock := os.NewFile(uintptr(fd), "packet socket")
 	out, err := os.Create(path)
@@ -209,7 +210,7 @@ func (c *capture) ifaceName(index int) string {
 		return name
 	}
 	var name string
-	_ = c.ns.do(func() error {
+	_ = c.ns.Do(func() error {
 		ifc, err := net.InterfaceByIndex(index)
 		if err == nil {
 			name = ifc.Name

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/lab/netlab/roottest"
+
 	"github.com/ftpalg/ftpalg/alg/ftp"
 )
 
@@ -36,7 +38,7 @@ func startTestServer(t *testing.T, host string) *testServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
-		t.Skipf("no loopback %s: %v", host, err)
+		roottest.Unavailable(t, "no loopback %s: %v", host, err)
 	}
 	ts := &testServer{addr: addrPortOf(ln.Addr()), file: labData(300 << 10)}
 	srv := &Server{
@@ -168,7 +170,7 @@ func TestServerRefusesThirdParties(t *testing.T) {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
 	dc, err := d.Dial("tcp", ap.String())
 	if err != nil {
-		t.Skipf("cannot dial from 127.0.0.2: %v", err)
+		roottest.Unavailable(t, "cannot dial from 127.0.0.2: %v", err)
 	}
 	defer dc.Close()
 	r := expectCode(t, c, "RETR "+labFile, 425)

@@ -5,16 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
+
+	"github.com/ftpalg/ftpalg/lab/netlab"
 )
 
-// The lab network: a gateway between a private network ("inside") and the
-// internet ("outside"), one host on each side. Addresses belong to the
-// place, not to the host: whoever is plugged in inside is 192.0.2.2. In
-// gateway mode the client is inside and the server outside; for reverse
-// mode the cables are swapped.
+// The lab network is lab/netlab's address plan: a gateway between a
+// private network ("inside") and the internet ("outside"), one host on each
+// side. Addresses belong to the place, not to the host: whoever is plugged
+// in inside is 192.0.2.2. In gateway mode the client is inside and the
+// server outside; for reverse mode the cables are swapped.
 //
 //	inside host  192.0.2.2   2001:db8:1::2  (eth0)
 //	   |
@@ -23,32 +24,20 @@ import (
 //	   |
 //	outside host 203.0.113.2 2001:db8:2::2  (eth0)
 var (
-	insideGW4    = netip.MustParseAddr("192.0.2.1")
-	insideHost4  = netip.MustParseAddr("192.0.2.2")
-	outsideGW4   = netip.MustParseAddr("203.0.113.1")
-	outsideHost4 = netip.MustParseAddr("203.0.113.2")
-	insideGW6    = netip.MustParseAddr("2001:db8:1::1")
-	insideHost6  = netip.MustParseAddr("2001:db8:1::2")
-	outsideGW6   = netip.MustParseAddr("2001:db8:2::1")
-	outsideHost6 = netip.MustParseAddr("2001:db8:2::2")
+	insideGW4    = netlab.InsideGW4
+	insideHost4  = netlab.InsideHost4
+	outsideGW4   = netlab.OutsideGW4
+	outsideHost4 = netlab.OutsideHost4
+	insideGW6    = netlab.InsideGW6
+	insideHost6  = netlab.InsideHost6
+	outsideGW6   = netlab.OutsideGW6
+	outsideHost6 = netlab.OutsideHost6
 )
 
 // Interface names.
 const (
-	ifInside  = "inside"
-	ifOutside = "outside"
-	ifHost    = "eth0"
-)
-
-// Static MAC addresses (locally administered), one per place, so that the
-// IPv6 neighbours can be entered permanently: the strict firewall drops
-// neighbour discovery to and from the gateway (conntrack never calls it
-// ESTABLISHED), which would break IPv6 for reasons unrelated to FTP.
-const (
-	macInsideGW    = "02:f7:1a:00:01:01"
-	macInsideHost  = "02:f7:1a:00:01:02"
-	macOutsideGW   = "02:f7:1a:00:02:01"
-	macOutsideHost = "02:f7:1a:00:02:02"
+	ifInside  = netlab.IfInside
+	ifOutside = netlab.IfOutside
 )
 
 // layout says which host is plugged in where.
@@ -64,29 +53,29 @@ const (
 // topo is the lab's three namespaces.
 type topo struct {
 	id     string
-	client *netNS
-	gw     *netNS
-	server *netNS
+	client *netlab.NS
+	gw     *netlab.NS
+	server *netlab.NS
 	layout layout
 }
 
 func newTopo(pid int) *topo {
 	id := strconv.Itoa(pid)
-	mk := func(role string) *netNS { return &netNS{name: Prefix + id + "-" + role} }
+	mk := func(role string) *netlab.NS { return &netlab.NS{Name: Prefix + id + "-" + role} }
 	return &topo{id: id, client: mk("client"), gw: mk("gw"), server: mk("server")}
 }
 
-func (t *topo) namespaces() []*netNS { return []*netNS{t.client, t.gw, t.server} }
+func (t *topo) namespaces() []*netlab.NS { return []*netlab.NS{t.client, t.gw, t.server} }
 
 // inside and outside return the hosts plugged in on each side.
-func (t *topo) inside() *netNS {
+func (t *topo) inside() *netlab.NS {
 	if t.layout == layoutReverse {
 		return t.server
 	}
 	return t.client
 }
 
-func (t *topo) outside() *netNS {
+func (t *topo) outside() *netlab.NS {
 	if t.layout == layoutReverse {
 		return t.client
 	}
@@ -94,7 +83,7 @@ func (t *topo) outside() *netNS {
 }
 
 // hostAddr returns the address of host in family v6.
-func (t *topo) hostAddr(host *netNS, v6 bool) netip.Addr {
+func (t *topo) hostAddr(host *netlab.NS, v6 bool) netip.Addr {
 	in := host == t.inside()
 	switch {
 	case in && v6:
@@ -107,105 +96,38 @@ func (t *topo) hostAddr(host *netNS, v6 bool) netip.Addr {
 	return outsideHost4
 }
 
-// build creates the namespaces, sets their sysctls and wires them in the
-// gateway layout. Partial state is left for destroy.
-func (t *topo) build(ctx context.Context) error {
+// build creates the namespaces, makes the gateway a router and wires them
+// in the gateway layout. Partial state is left for destroy.
+func (t *topo) build() error {
 	for _, n := range t.namespaces() {
-		if _, err := runCmd(ctx, "ip", "netns", "add", n.name); err != nil {
-			return err
-		}
-		// DAD off before any interface exists, so that IPv6 addresses are
-		// usable at once ("nodad" on the addresses as well).
-		if err := n.sysctl(
-			"net.ipv6.conf.all.accept_dad", "0", "net.ipv6.conf.default.accept_dad", "0",
-			"net.ipv6.conf.all.accept_ra", "0", "net.ipv6.conf.default.accept_ra", "0",
-		); err != nil {
+		if _, err := netlab.Create(n.Name); err != nil {
 			return err
 		}
 	}
-	if err := t.gw.sysctl(
-		"net.ipv4.ip_forward", "1",
-		"net.ipv6.conf.all.forwarding", "1", "net.ipv6.conf.default.forwarding", "1",
-		// Byte counters for ftpalg's per-transfer log line, and a short
-		// TIME_WAIT so that a finished data connection leaves conntrack
-		// (and is reported) within seconds rather than two minutes.
-		"net.netfilter.nf_conntrack_acct", "1",
-		"net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1",
-	); err != nil {
+	if err := netlab.SetGateway(t.gw); err != nil {
 		return err
 	}
-	if err := t.disableFTPHelper(); err != nil {
+	// A short TIME_WAIT, so that a finished data connection leaves
+	// conntrack (and is reported) within seconds rather than two minutes.
+	if err := t.gw.SetSysctls("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1"); err != nil {
 		return err
 	}
-	return t.wire(ctx, layoutGateway)
-}
-
-// disableFTPHelper makes sure the kernel does not attach its FTP conntrack
-// helper (nf_conntrack_ftp) to port 21 by itself: the automatic assignment
-// (net.netfilter.nf_conntrack_helper, gone since Linux 6.0) must be absent
-// or 0. The lab adds no CT --helper rule, so the helper never sees FTP.
-func (t *topo) disableFTPHelper() error {
-	const key = "net.netfilter.nf_conntrack_helper"
-	v, err := t.gw.readSysctl(key)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if v != "0" {
-		return t.gw.sysctl(key, "0")
-	}
-	return nil
+	return t.wire(layoutGateway)
 }
 
 // wire (re)plugs the hosts in layout l: the gateway's two veth pairs are
 // created anew, with the addresses, routes and static neighbours of their
 // places. The firewall refers to interfaces by name and stays.
-func (t *topo) wire(ctx context.Context, l layout) error {
-	gw := t.gw.name
-	for _, dev := range []string{ifInside, ifOutside} {
-		// Deleting one end of a veth pair deletes both; missing is fine.
-		if _, err := runCmd(ctx, "ip", "-n", gw, "link", "show", dev); err == nil {
-			if _, err := runCmd(ctx, "ip", "-n", gw, "link", "del", dev); err != nil {
-				return err
-			}
-		}
+func (t *topo) wire(l layout) error {
+	if err := netlab.Unwire(t.gw, ifInside, ifOutside); err != nil {
+		return fmt.Errorf("unplugging the lab: %w", err)
 	}
 	t.layout = l
-	in, out := t.inside().name, t.outside().name
-	type place struct {
-		gwDev, gwMAC, hostMAC  string
-		host                   string
-		gw4, host4, gw6, host6 netip.Addr
-	}
-	places := []place{
-		{ifInside, macInsideGW, macInsideHost, in, insideGW4, insideHost4, insideGW6, insideHost6},
-		{ifOutside, macOutsideGW, macOutsideHost, out, outsideGW4, outsideHost4, outsideGW6, outsideHost6},
-	}
-	var steps [][]string
-	for _, p := range places {
-		steps = append(steps,
-			[]string{"-n", gw, "link", "add", p.gwDev, "address", p.gwMAC, "type", "veth",
-				"peer", "name", ifHost, "address", p.hostMAC, "netns", p.host},
-			[]string{"-n", gw, "addr", "add", p.gw4.String() + "/24", "dev", p.gwDev},
-			[]string{"-n", gw, "-6", "addr", "add", p.gw6.String() + "/64", "dev", p.gwDev, "nodad"},
-			[]string{"-n", gw, "link", "set", p.gwDev, "up"},
-			[]string{"-n", p.host, "addr", "add", p.host4.String() + "/24", "dev", ifHost},
-			[]string{"-n", p.host, "-6", "addr", "add", p.host6.String() + "/64", "dev", ifHost, "nodad"},
-			[]string{"-n", p.host, "link", "set", ifHost, "up"},
-			[]string{"-n", p.host, "link", "set", "lo", "up"},
-			[]string{"-n", p.host, "route", "replace", "default", "via", p.gw4.String()},
-			[]string{"-n", p.host, "-6", "route", "replace", "default", "via", p.gw6.String()},
-			[]string{"-n", p.host, "-6", "neigh", "replace", p.gw6.String(), "lladdr", p.gwMAC, "dev", ifHost, "nud", "permanent"},
-			[]string{"-n", gw, "-6", "neigh", "replace", p.host6.String(), "lladdr", p.hostMAC, "dev", p.gwDev, "nud", "permanent"},
-		)
-	}
-	steps = append(steps, []string{"-n", gw, "link", "set", "lo", "up"})
-	for _, s := range steps {
-		if _, err := runCmd(ctx, "ip", s...); err != nil {
-			return fmt.Errorf("wiring the lab: %w", err)
-		}
+	if err := netlab.Wire(t.gw,
+		netlab.Segment{Side: netlab.Inside, Hosts: []*netlab.NS{t.inside()}},
+		netlab.Segment{Side: netlab.Outside, Hosts: []*netlab.NS{t.outside()}},
+	); err != nil {
+		return fmt.Errorf("wiring the lab: %w", err)
 	}
 	return nil
 }
@@ -231,7 +153,7 @@ func (t *topo) strictFirewall(ctx context.Context) error {
 			{"-t", "nat", "-A", "POSTROUTING", "-o", ifOutside, "-m", "comment", "--comment", firewallComment, "-j", "MASQUERADE"},
 		}
 		for _, s := range steps {
-			if _, err := t.gw.iptables(ctx, v6, s...); err != nil {
+			if _, err := iptables(ctx, t.gw, v6, s...); err != nil {
 				return fmt.Errorf("applying the strict firewall: %w", err)
 			}
 		}
@@ -247,7 +169,7 @@ func (t *topo) setControlRule(ctx context.Context, on bool) error {
 		op = "-A"
 	}
 	for _, v6 := range []bool{false, true} {
-		if _, err := t.gw.iptables(ctx, v6, append([]string{op}, controlRule...)...); err != nil {
+		if _, err := iptables(ctx, t.gw, v6, append([]string{op}, controlRule...)...); err != nil {
 			return fmt.Errorf("changing the FTP control rule: %w", err)
 		}
 	}
@@ -274,7 +196,7 @@ func (t *topo) ftpalgRules(ctx context.Context) ([]ruleLine, error) {
 	var out []ruleLine
 	for _, v6 := range []bool{false, true} {
 		for _, table := range []string{"filter", "nat"} {
-			s, err := t.gw.iptables(ctx, v6, "-t", table, "-S")
+			s, err := iptables(ctx, t.gw, v6, "-t", table, "-S")
 			if err != nil {
 				return nil, err
 			}
@@ -292,9 +214,18 @@ func (t *topo) ftpalgRules(ctx context.Context) ([]ruleLine, error) {
 func (t *topo) destroy(ctx context.Context) error {
 	var errs []error
 	for _, n := range t.namespaces() {
-		if err := removeNamespace(ctx, n.name); err != nil {
+		if err := removeLabNamespace(ctx, n.Name); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeLabNamespace removes namespace name (netlab.Remove), but only if it
+// is a lab namespace.
+func removeLabNamespace(ctx context.Context, name string) error {
+	if _, ok := labID(name); !ok {
+		return fmt.Errorf("refusing to remove namespace %s: not a lab namespace", name)
+	}
+	return netlab.Remove(ctx, name)
 }

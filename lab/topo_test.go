@@ -24,8 +24,8 @@ func TestLabID(t *testing.T) {
 func TestTopoLayout(t *testing.T) {
 	tp := newTopo(42)
 	for _, ns := range tp.namespaces() {
-		if !strings.HasPrefix(ns.name, Prefix+"42-") {
-			t.Errorf("namespace %s lacks the prefix", ns.name)
+		if !strings.HasPrefix(ns.Name, Prefix+"42-") {
+			t.Errorf("namespace %s lacks the prefix", ns.Name)
 		}
 	}
 	if tp.inside() != tp.client || tp.hostAddr(tp.client, false) != insideHost4 || tp.hostAddr(tp.server, true) != outsideHost6 {

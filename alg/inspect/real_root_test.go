@@ -14,7 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ftpalg/ftpalg/lab/namespace"
+	"github.com/ftpalg/ftpalg/lab/netlab"
+	"github.com/ftpalg/ftpalg/lab/netlab/roottest"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
 )
@@ -25,27 +26,11 @@ import (
 // captures the client's veth in pure Go (pcapgo.EthernetHandle, an
 // AF_PACKET socket opened inside the namespace) and inspects the capture.
 
-// unavailable skips t with the reason, or fails it under CI=true, so that
-// a green CI always means the test ran.
-func unavailable(t *testing.T, format string, args ...any) {
-	t.Helper()
-	reason := fmt.Sprintf(format, args...)
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but %s", reason)
-	}
-	t.Skip(reason)
-}
-
+// requireRootAndTools skips t without root or the tools, or fails it
+// under CI=true (roottest), so that a green CI always means the test ran.
 func requireRootAndTools(t *testing.T, tools ...string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		unavailable(t, "needs root for network namespaces")
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			unavailable(t, "%s not installed: %v", tool, err)
-		}
-	}
+	roottest.Require(t, tools...)
 }
 
 func run(ctx context.Context, name string, args ...string) (string, error) {
@@ -58,7 +43,7 @@ func run(ctx context.Context, name string, args ...string) (string, error) {
 
 // inNetns runs fn on an OS thread switched into the named namespace.
 // Sockets fn creates stay in that namespace.
-func inNetns(name string, fn func() error) error { return namespace.Do(name, fn) }
+func inNetns(name string, fn func() error) error { return (&netlab.NS{Name: name}).Do(fn) }
 
 // sentinel marks the last packet of a capture.
 var sentinel = []byte("ftpalg-inspect: end of capture")

@@ -26,6 +26,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/lab/netlab/roottest"
+
 	goipt "github.com/coreos/go-iptables/iptables"
 	"github.com/ftpalg/ftpalg/rules"
 	"github.com/google/go-cmp/cmp"
@@ -37,18 +39,7 @@ import (
 // when CI=true, so that a green CI means these tests ran.
 func requireRoot(tb testing.TB) {
 	tb.Helper()
-	skip := tb.Skipf
-	if os.Getenv("CI") == "true" {
-		skip = tb.Fatalf
-	}
-	if os.Geteuid() != 0 {
-		skip("needs root (netfilter in a network namespace)")
-	}
-	for _, cmd := range []string{"iptables", "ip6tables", "iptables-save", "ip6tables-save"} {
-		if _, err := exec.LookPath(cmd); err != nil {
-			skip("needs %s: %v", cmd, err)
-		}
-	}
+	roottest.Require(tb, "iptables", "ip6tables", "iptables-save", "ip6tables-save")
 }
 
 // enterNetns locks the calling goroutine to its thread and moves the thread
@@ -68,8 +59,8 @@ func enterNetns(tb testing.TB) (restore func()) {
 	if err != nil {
 		orig.Close()
 		runtime.UnlockOSThread()
-		if os.Getenv("CI") != "true" && errors.Is(err, os.ErrPermission) {
-			tb.Skipf("creating a netns: %v", err)
+		if errors.Is(err, os.ErrPermission) {
+			roottest.Unavailable(tb, "creating a netns: %v", err)
 		}
 		tb.Fatalf("creating a netns: %v", err)
 	}

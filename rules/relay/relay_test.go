@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/lab/netlab/roottest"
+
 	"github.com/ftpalg/ftpalg/rules"
 )
 
@@ -275,7 +277,7 @@ func TestRelayTransferIPv4(t *testing.T) { testRelayTransfer(t, "127.0.0.1") }
 func TestRelayTransferIPv6(t *testing.T) {
 	ln, err := net.Listen("tcp6", "[::1]:0")
 	if err != nil {
-		t.Skipf("no IPv6 loopback: %v", err)
+		roottest.Unavailable(t, "no IPv6 loopback: %v", err)
 	}
 	ln.Close()
 	testRelayTransfer(t, "::1")
@@ -375,7 +377,7 @@ func TestRelayWrongPeer(t *testing.T) {
 	}
 
 	if runtime.GOOS != "linux" {
-		t.Skip("the right peer 127.0.0.2 needs all of 127/8 local (Linux)")
+		roottest.Unavailable(t, "the right peer 127.0.0.2 needs all of 127/8 local (Linux)")
 	}
 	peer, err := dialFrom(t, "127.0.0.2", p.Dst)
 	if err != nil {
@@ -408,7 +410,7 @@ func TestRelayRefusalLogCapped(t *testing.T) {
 
 func TestRelaySNAT(t *testing.T) {
 	if runtime.GOOS != "linux" {
-		t.Skip("binding to 127.0.0.3 needs all of 127/8 local (Linux)")
+		roottest.Unavailable(t, "binding to 127.0.0.3 needs all of 127/8 local (Linux)")
 	}
 	r, logs := newTestRelay(t, Config{})
 	srv := newTestServer(t, "127.0.0.1")
