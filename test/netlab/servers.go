@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/user"
 	"path"
 	"path/filepath"
 	"runtime"
@@ -250,10 +251,13 @@ func FileSHA256(name string) (int64, string, error) {
 // UploadDir, connect_from_port_20 as in Debian's configuration, and short
 // connect/accept timeouts so that a blocked data connection fails fast.
 //
-// vsftpd chroots anonymous users into the home directory of ftp_username.
-// So that nothing changes on the host, the server runs with a copy of
-// /etc/passwd that adds a user for Root, bind-mounted over /etc/passwd in
-// the private mount namespace that `ip netns exec` gives it.
+// Anonymous sessions run as vsftpd's own user ftp (ftp_username's default,
+// created by the vsftpd package with the home /srv/ftp), chrooted into
+// Root by anon_root; UploadDir is given to that user. Nothing on the host
+// changes and nothing is mounted: no user is added, and /etc/passwd is
+// neither copied nor bind-mounted (a bind mount over /etc/passwd is
+// detached as soon as anything on the host changes a user, and vsftpd then
+// refuses every login).
 //
 // Do not use pure-ftpd in active mode in the same namespace: its port-20
 // sockets linger in TIME_WAIT without SO_REUSEADDR, and for a minute
@@ -264,16 +268,16 @@ func StartVsftpd(t testing.TB, ns *NS, opts ServerOptions) *Server {
 	if _, err := os.Stat(bin); err != nil {
 		Unavailable(t, "vsftpd not installed (%v); run test/install-peers.sh", err)
 	}
+	ftpUser, err := user.Lookup(vsftpdUser)
+	if err != nil {
+		Unavailable(t, "vsftpd's user %s is missing (%v); reinstall vsftpd", vsftpdUser, err)
+	}
 	s, dir := newServer(t, ns, Vsftpd, opts, 40000, 40099)
 	s.User, s.Pass = "anonymous", "ftpalg@example.com"
-	const user = "ftpalg-anon"
-	passwd, err := os.ReadFile("/etc/passwd")
-	if err != nil {
-		t.Fatalf("reading /etc/passwd: %v", err)
-	}
-	passwd = fmt.Appendf(passwd, "%s:x:%d:%d:ftpalg test:%s:/usr/sbin/nologin\n", user, nobody, nobody, s.Root)
-	if err := os.WriteFile(filepath.Join(dir, "passwd"), passwd, 0o644); err != nil {
-		t.Fatalf("writing passwd: %v", err)
+	uid, _ := strconv.Atoi(ftpUser.Uid)
+	gid, _ := strconv.Atoi(ftpUser.Gid)
+	if err := os.Chown(s.LocalPath(s.UploadDir), uid, gid); err != nil {
+		t.Fatalf("giving %s to %s: %v", s.UploadDir, vsftpdUser, err)
 	}
 	empty := filepath.Join(dir, "empty")
 	if err := os.Mkdir(empty, 0o755); err != nil {
@@ -286,7 +290,8 @@ func StartVsftpd(t testing.TB, ns *NS, opts ServerOptions) *Server {
 		"background=NO",
 		"anonymous_enable=YES",
 		"no_anon_password=YES",
-		"ftp_username=" + user,
+		"ftp_username=" + vsftpdUser,
+		"anon_root=" + s.Root,
 		"local_enable=NO",
 		"write_enable=YES",
 		"anon_upload_enable=YES",
@@ -322,8 +327,7 @@ func StartVsftpd(t testing.TB, ns *NS, opts ServerOptions) *Server {
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatalf("writing vsftpd.conf: %v", err)
 	}
-	s.Proc = ns.start(t, "vsftpd", nil, "sh", "-c", `mount --bind "$1" /etc/passwd && exec "$2" "$3"`,
-		"vsftpd", filepath.Join(dir, "passwd"), bin, confPath)
+	s.Proc = ns.Start(t, bin, confPath)
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(filepath.Join(dir, "vsftpd.log"))
@@ -337,6 +341,9 @@ func StartVsftpd(t testing.TB, ns *NS, opts ServerOptions) *Server {
 	}
 	return s
 }
+
+// vsftpdUser is the user vsftpd's anonymous sessions run as.
+const vsftpdUser = "ftp"
 
 // listenConf is vsftpd's listener configuration: dual-stack on every
 // address, or IPv4 loopback only.
