@@ -106,10 +106,17 @@ func (pf *packetFile) flush() error {
 	return pf.buf.Flush()
 }
 
+// captureRcvBuf is the packet socket's receive buffer. The kernel charges
+// a packet's whole buffer (up to 64 KiB with GRO on veth) against it, so
+// the default of about 200 KiB held a handful of segments and lost packets
+// whenever a transfer outran the writer for a moment.
+const captureRcvBuf = 64 << 20
+
 // capture records the traffic of the gateway's inside and outside
 // interfaces from an AF_PACKET socket opened in the gateway's namespace. A
 // forwarded packet is recorded twice: as it arrives on one interface and as
-// it leaves by the other, after NAT.
+// it leaves by the other, after NAT. The kernel's drop counter
+// (PACKET_STATISTICS) says how many packets it could not queue.
 type capture struct {
 	ns   *netlab.NS
 	sock *os.File
@@ -124,6 +131,15 @@ type capture struct {
 	err      error
 }
 
+// captureStats is what a capture recorded and what the kernel dropped.
+type captureStats struct {
+	// Packets were written to the file.
+	Packets int
+	// Dropped is how many packets the kernel dropped because the socket's
+	// buffer was full: they are missing from the file.
+	Dropped int
+}
+
 // startCapture opens the packet socket in ns and starts writing path
 // (pcapng if it ends in ".pcapng", else pcap).
 func startCapture(ns *netlab.NS, path string) (*capture, error) {
@@ -135,6 +151,19 @@ func startCapture(ns *netlab.NS, path string) (*capture, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("opening a packet socket in %s: %w", ns.Name, err)
+	}
+	// SO_RCVBUFFORCE (root) may exceed net.core.rmem_max; SO_RCVBUF is
+	// capped by it. Either is better than the default.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, captureRcvBuf); err != nil {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, captureRcvBuf); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("sizing the packet socket's buffer: %w", err)
+		}
+	}
+	// Reading the statistics resets them: start counting from here.
+	if _, err := unix.GetsockoptTpacketStats(fd, unix.SOL_PACKET, unix.PACKET_STATISTICS); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("reading the packet socket's statistics: %w", err)
 	}
 	sock := os.NewFile(uintptr(fd), "packet socket")
 	out, err := os.Create(path)
@@ -174,7 +203,9 @@ func (c *capture) run() {
 			return rerr != unix.EAGAIN
 		})
 		if err != nil {
-			if !c.stopping.Load() {
+			// stop sets a deadline in the past: what was queued has been
+			// read, and the capture ends.
+			if !c.stopping.Load() || !errors.Is(err, os.ErrDeadlineExceeded) {
 				c.setErr(fmt.Errorf("capturing: %w", err))
 			}
 			return
@@ -235,20 +266,45 @@ func (c *capture) setErr(err error) {
 	}
 }
 
-// stop ends the capture, writes out the file and returns the number of
-// packets recorded.
-func (c *capture) stop() (int, error) {
+// stop ends the capture: it reads what the socket still holds, writes out
+// the file and returns what was recorded and what the kernel dropped.
+func (c *capture) stop() (captureStats, error) {
+	// The drop counter first: once the reader has drained the queue, the
+	// counts are final for everything that arrived before now.
+	var st captureStats
+	var errs []error
+	rc, err := c.sock.SyscallConn()
+	if err == nil {
+		var serr error
+		err = rc.Control(func(fd uintptr) {
+			var ts *unix.TpacketStats
+			if ts, serr = unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS); serr == nil {
+				st.Dropped = int(ts.Drops)
+			}
+		})
+		err = errors.Join(err, serr)
+	}
+	if err != nil {
+		errs = append(errs, fmt.Errorf("reading the capture's drop counter: %w", err))
+	}
 	c.stopping.Store(true)
-	c.sock.Close()
+	if err := c.sock.SetReadDeadline(time.Now()); err != nil {
+		errs = append(errs, fmt.Errorf("stopping the capture: %w", err))
+		c.sock.Close()
+	}
 	<-c.done
-	err := c.pf.flush()
-	if cerr := c.out.Close(); err == nil {
-		err = cerr
+	c.sock.Close()
+	if err := c.pf.flush(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.out.Close(); err != nil {
+		errs = append(errs, err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	st.Packets = c.packets
 	if c.err != nil {
-		err = errors.Join(c.err, err)
+		errs = append([]error{c.err}, errs...)
 	}
-	return c.packets, err
+	return st, errors.Join(errs...)
 }

@@ -50,6 +50,9 @@ type Result struct {
 	Namespaces []string
 	// Packets is how many packets the capture recorded.
 	Packets int
+	// Dropped is how many packets the kernel dropped from the capture
+	// (its buffer was full): they are missing from the file.
+	Dropped int
 }
 
 // StepResult is the verdict of one step.

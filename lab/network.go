@@ -33,12 +33,16 @@ func (r *runner) cleanup(ctx context.Context, res *Result) error {
 		r.ct.Close()
 	}
 	if r.capture != nil {
-		packets, err := r.capture.stop()
-		res.Packets = packets
-		if err != nil {
+		st, err := r.capture.stop()
+		res.Packets, res.Dropped = st.Packets, st.Dropped
+		switch {
+		case err != nil:
 			errs = append(errs, err)
-		} else {
-			r.n.Para(fmt.Sprintf("Wrote %d packets to %s; open it with Wireshark.", packets, r.cfg.Capture))
+		case st.Dropped > 0:
+			r.n.Para(fmt.Sprintf("Wrote %d packets to %s; the kernel dropped %d more that the capture could not keep up with,",
+				st.Packets, r.cfg.Capture, st.Dropped), "so the file is incomplete.")
+		default:
+			r.n.Para(fmt.Sprintf("Wrote %d packets to %s (the kernel dropped none); open it with Wireshark.", st.Packets, r.cfg.Capture))
 		}
 	}
 	if !r.built {

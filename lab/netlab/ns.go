@@ -297,8 +297,44 @@ func Remove(ctx context.Context, name string) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	var st unix.Stat_t
+	statErr := unix.Stat(filepath.Join(RunDir, name), &st)
 	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("deleting network namespace %s: %w", name, err)
+	}
+	if statErr == nil {
+		return removeFirewallLock(st.Ino)
+	}
+	return nil
+}
+
+// firewallLockDir and the name below are where `ftpalg run` keeps the lock
+// of a namespace's firewall (cmd/ftpalg/lock.go): netns-<inode>.lock.
+const firewallLockDir = "/run/ftpalg"
+
+// removeFirewallLock removes the firewall lock file of the namespace with
+// inode ino, left by an ftpalg that was killed in it. The namespace is
+// gone, so no one can hold it; the file is removed under its lock anyway,
+// the way ftpalg removes it, so that a live holder is never undercut.
+func removeFirewallLock(ino uint64) error {
+	path := filepath.Join(firewallLockDir, fmt.Sprintf("netns-%d.lock", ino))
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", path, err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return nil // held: not a leftover
+	}
+	var held, now unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &held) != nil || unix.Stat(path, &now) != nil || held.Ino != now.Ino {
+		return nil // replaced meanwhile: not ours to remove
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing %s: %w", path, err)
 	}
 	return nil
 }
