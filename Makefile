@@ -8,11 +8,13 @@ BIN      := bin/ftpalg
 build:
 	$(GO) build -o $(BIN) ./cmd/ftpalg
 
-# The whole suite: unit tests, then the end-to-end tests in network
-# namespaces (root; peers are installed first when missing).
+# The whole suite: the package tests with the race detector (make unit),
+# then the end-to-end tests in network namespaces (root; peers are
+# installed first when missing).
 test: deps build
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 20m ./...
+	$(MAKE) unit
+	$(GO) test -count=1 -timeout 20m ./test/...
 
 # The lab: builds ftpalg, installs iproute2 and iptables when missing, and
 # runs `ftpalg lab` (root; no FTP server or client needed). LABFLAGS are
@@ -21,10 +23,11 @@ demo: build
 	sh lab/install.sh
 	./$(BIN) lab $(LABFLAGS)
 
-# The package tests (not test/): no root needed; as root they include the
-# namespace tests of rules, conntrack, lab and cmd.
+# The package tests (not test/), with the race detector: no root needed;
+# as root they include the namespace tests of alg/inspect, rules,
+# conntrack, lab and cmd.
 unit:
-	$(GO) test -count=1 -short ./alg/... ./nat/... ./rules/... ./conntrack/... ./lab/... ./cmd/...
+	$(GO) test -count=1 -race -timeout 15m ./alg/... ./nat/... ./rules/... ./conntrack/... ./lab/... ./cmd/...
 
 # Debian packages the end-to-end tests drive (vsftpd, pure-ftpd, curl, lftp,
 # iptables, conntrack). Needs root; does nothing when all are present.

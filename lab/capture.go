@@ -26,7 +26,7 @@ const snapLen = 256 * 1024
 
 // captureIfaces are the gateway interfaces the capture records, in the
 // order of their pcapng interface IDs.
-var captureIfaces = []string{ifInside, ifOutside}
+var captureIfaces = []string{netlab.IfInside, netlab.IfOutside}
 
 // packetFile writes packets to a pcap or pcapng file with gopacket's pure-Go
 // writers (pcapgo). pcapng records each packet's interface by name; classic

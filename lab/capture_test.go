@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/lab/netlab"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
 )
@@ -27,7 +28,7 @@ func TestPacketFilePcap(t *testing.T) {
 		}
 	}
 	// A frame longer than what was captured keeps its real length.
-	if err := pf.write(ifInside, ts, testFrames[0], 70000); err != nil {
+	if err := pf.write(netlab.IfInside, ts, testFrames[0], 70000); err != nil {
 		t.Fatal(err)
 	}
 	if err := pf.flush(); err != nil {
@@ -64,10 +65,10 @@ func TestPacketFilePcapng(t *testing.T) {
 		t.Fatal(err)
 	}
 	ts := time.Unix(1700000000, 5)
-	if err := pf.write(ifOutside, ts, testFrames[0], len(testFrames[0])); err != nil {
+	if err := pf.write(netlab.IfOutside, ts, testFrames[0], len(testFrames[0])); err != nil {
 		t.Fatal(err)
 	}
-	if err := pf.write(ifInside, ts, testFrames[1], len(testFrames[1])); err != nil {
+	if err := pf.write(netlab.IfInside, ts, testFrames[1], len(testFrames[1])); err != nil {
 		t.Fatal(err)
 	}
 	if err := pf.write("lo", ts, testFrames[0], len(testFrames[0])); err == nil {
@@ -83,7 +84,7 @@ func TestPacketFilePcapng(t *testing.T) {
 	for i, want := range []struct {
 		iface string
 		data  []byte
-	}{{ifOutside, testFrames[0]}, {ifInside, testFrames[1]}} {
+	}{{netlab.IfOutside, testFrames[0]}, {netlab.IfInside, testFrames[1]}} {
 		data, ci, err := r.ReadPacketData()
 		if err != nil {
 			t.Fatalf("packet %d: %v", i, err)

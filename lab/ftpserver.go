@@ -81,6 +81,19 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
+// Start serves ln in the background (Serve) and returns a function that
+// stops it: it ends every session, waits for Serve to return and returns
+// Serve's error.
+func (s *Server) Start(ln net.Listener) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln) }()
+	return func() error {
+		cancel()
+		return <-done
+	}
+}
+
 func (s *Server) log() *slog.Logger {
 	if s.Log == nil {
 		return slog.New(slog.DiscardHandler)

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ftpalg/ftpalg/lab/netlab"
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
 	"github.com/vishvananda/netns"
@@ -171,8 +172,7 @@ type runner struct {
 	capture *capture
 	ct      *conntrack.Conn
 
-	srvStop context.CancelFunc
-	srvDone chan struct{}
+	srvStop func() error
 	file    []byte
 	hash    [32]byte
 
@@ -219,17 +219,17 @@ func (r *runner) setup(ctx context.Context) error {
 	n.Para(fmt.Sprintf("The network: three network namespaces, %s{client,gw,server}:", Prefix+t.id+"-"))
 	n.Text(
 		"",
-		fmt.Sprintf("    client   %-12s %s", insideHost4, insideHost6),
+		fmt.Sprintf("    client   %-12s %s", netlab.InsideHost4, netlab.InsideHost6),
 		"      |        private network",
-		fmt.Sprintf("    gw       %-12s %-15s interface %q", insideGW4, insideGW6, ifInside),
-		fmt.Sprintf("             %-12s %-15s interface %q", outsideGW4, outsideGW6, ifOutside),
+		fmt.Sprintf("    gw       %-12s %-15s interface %q", netlab.InsideGW4, netlab.InsideGW6, netlab.IfInside),
+		fmt.Sprintf("             %-12s %-15s interface %q", netlab.OutsideGW4, netlab.OutsideGW6, netlab.IfOutside),
 		"      |        internet",
-		fmt.Sprintf("    server   %-12s %s", outsideHost4, outsideHost6),
+		fmt.Sprintf("    server   %-12s %s", netlab.OutsideHost4, netlab.OutsideHost6),
 	)
 	n.Para(
 		fmt.Sprintf("The gateway is a strict firewall (%s; the same with ip6tables):", strings.TrimSpace(variant)),
 		"INPUT and FORWARD policy DROP, one rule in each accepting ESTABLISHED connections,",
-		fmt.Sprintf("MASQUERADE out of %q. The kernel's FTP helper (nf_conntrack_ftp) is not used.", ifOutside),
+		fmt.Sprintf("MASQUERADE out of %q. The kernel's FTP helper (nf_conntrack_ftp) is not used.", netlab.IfOutside),
 		fmt.Sprintf("The server is ftpalg's built-in FTP server with one file, %s (%s, sha256 %s...).",
 			strings.TrimPrefix(labFile, "/"), formatBytes(float64(len(r.file))), hex.EncodeToString(r.hash[:])[:16]),
 		"Like vsftpd, it wants both channels of a session to come from one address.",
@@ -244,7 +244,7 @@ func (r *runner) setup(ctx context.Context) error {
 		if strings.HasSuffix(r.cfg.Capture, ".pcapng") {
 			format = "pcapng, packets tagged with their interface"
 		}
-		n.Para(fmt.Sprintf("Recording the gateway's interfaces %q and %q into %s (%s).", ifInside, ifOutside, r.cfg.Capture, format),
+		n.Para(fmt.Sprintf("Recording the gateway's interfaces %q and %q into %s (%s).", netlab.IfInside, netlab.IfOutside, r.cfg.Capture, format),
 			"A forwarded packet appears twice: as it arrives, and as it leaves after NAT.")
 	}
 	return nil
@@ -279,14 +279,7 @@ func (r *runner) startServer(ctx context.Context) error {
 		},
 		Log: r.log.With("component", "ftp server"),
 	}
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	r.srvStop, r.srvDone = cancel, make(chan struct{})
-	go func() {
-		defer close(r.srvDone)
-		if err := srv.Serve(sctx, ln); err != nil {
-			r.log.Error("FTP server stopped", "err", err)
-		}
-	}()
+	r.srvStop = srv.Start(ln)
 	return nil
 }
 

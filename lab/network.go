@@ -26,8 +26,9 @@ func (r *runner) cleanup(ctx context.Context, res *Result) error {
 		r.alg = nil
 	}
 	if r.srvStop != nil {
-		r.srvStop()
-		<-r.srvDone
+		if err := r.srvStop(); err != nil {
+			r.log.Error("FTP server stopped", "err", err)
+		}
 	}
 	if r.ct != nil {
 		r.ct.Close()
@@ -74,12 +75,12 @@ func (r *runner) keepHelp() {
 	t := r.t
 	r.n.Para(
 		"The lab network is still up (--keep), cabled for gateway mode, with the strict firewall and no ftpalg:",
-		fmt.Sprintf("  client %s, %s; gateway %s / %s; server %s, %s", insideHost4, insideHost6,
-			insideGW4, outsideGW4, outsideHost4, outsideHost6),
+		fmt.Sprintf("  client %s, %s; gateway %s / %s; server %s, %s", netlab.InsideHost4, netlab.InsideHost6,
+			netlab.InsideGW4, netlab.OutsideGW4, netlab.OutsideHost4, netlab.OutsideHost6),
 		"",
 		"  look at the firewall:  ip netns exec "+t.gw.Name+" iptables -S",
 		"  a shell on a host:     ip netns exec "+t.client.Name+" bash   (or "+t.gw.Name+", "+t.server.Name+")",
-		"  run ftpalg yourself:   ip netns exec "+t.gw.Name+" "+bin+" run --mode gateway --intercept "+ifInside,
+		"  run ftpalg yourself:   ip netns exec "+t.gw.Name+" "+bin+" run --mode gateway --intercept "+netlab.IfInside,
 		"  remove it:             "+bin+" lab --clean",
 		"",
 		"The lab's own FTP server and client are gone with it; to try by hand, bring your own",

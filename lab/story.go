@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/ftpalg/ftpalg/lab/netlab"
 )
 
 // transfer is one download through the gateway.
@@ -66,11 +68,11 @@ func (r *runner) story(ctx context.Context) {
 	n.Act("Act 2: ftpalg in gateway mode")
 	n.Para(
 		"The control-port rule is gone: the firewall is strict again. ftpalg starts on the gateway.",
-		fmt.Sprintf("It intercepts port 21 arriving on %q (REDIRECT to its listener), proxies the control", ifInside),
+		fmt.Sprintf("It intercepts port 21 arriving on %q (REDIRECT to its listener), proxies the control", netlab.IfInside),
 		"channel, and for every announcement opens exactly one pinhole before it forwards the",
 		"line. The data itself never passes through ftpalg: the kernel forwards it.",
 	)
-	gwArgs := []string{"--mode", "gateway", "--intercept", ifInside, "--listen", "[::]:2121",
+	gwArgs := []string{"--mode", "gateway", "--intercept", netlab.IfInside, "--listen", "[::]:2121",
 		"--pinhole-ttl", "10s", "--data-ports", dataPool, "--drain", "1s"}
 	if !r.startALG(ctx, gwArgs) {
 		return
@@ -88,7 +90,7 @@ func (r *runner) story(ctx context.Context) {
 	n.Para(
 		"Now the other way round: the server sits on the private network, and the gateway",
 		"publishes it on its public address. The cables are swapped: the server is now inside",
-		fmt.Sprintf("(%s), the client outside (%s); the firewall is unchanged. The server announces", insideHost4, outsideHost4),
+		fmt.Sprintf("(%s), the client outside (%s); the firewall is unchanged. The server announces", netlab.InsideHost4, netlab.OutsideHost4),
 		"its private address; ftpalg rewrites it to the public address and a port of its own,",
 		"and the pinhole DNATs that port to the server.",
 	)
@@ -97,8 +99,8 @@ func (r *runner) story(ctx context.Context) {
 		return
 	}
 	revArgs := []string{"--mode", "reverse",
-		"--listen", netip.AddrPortFrom(outsideGW4, 21).String(), "--listen", netip.AddrPortFrom(outsideGW6, 21).String(),
-		"--upstream", netip.AddrPortFrom(insideHost4, 21).String(), "--upstream", netip.AddrPortFrom(insideHost6, 21).String(),
+		"--listen", netip.AddrPortFrom(netlab.OutsideGW4, 21).String(), "--listen", netip.AddrPortFrom(netlab.OutsideGW6, 21).String(),
+		"--upstream", netip.AddrPortFrom(netlab.InsideHost4, 21).String(), "--upstream", netip.AddrPortFrom(netlab.InsideHost6, 21).String(),
 		"--pinhole-ttl", "10s", "--data-ports", dataPool, "--drain", "1s"}
 	if !r.startALG(ctx, revArgs) {
 		return
@@ -210,11 +212,11 @@ func (r *runner) stopStep(ctx context.Context, mode string) {
 func (r *runner) controlTarget(x transfer) netip.AddrPort {
 	switch {
 	case x.mode == "reverse" && x.v6:
-		return netip.AddrPortFrom(outsideGW6, 21)
+		return netip.AddrPortFrom(netlab.OutsideGW6, 21)
 	case x.mode == "reverse":
-		return netip.AddrPortFrom(outsideGW4, 21)
+		return netip.AddrPortFrom(netlab.OutsideGW4, 21)
 	case x.v6:
-		return netip.AddrPortFrom(outsideHost6, 21)
+		return netip.AddrPortFrom(netlab.OutsideHost6, 21)
 	}
-	return netip.AddrPortFrom(outsideHost4, 21)
+	return netip.AddrPortFrom(netlab.OutsideHost4, 21)
 }

@@ -23,22 +23,6 @@ import (
 //	             203.0.113.1 2001:db8:2::1  (outside, MASQUERADE)
 //	   |
 //	outside host 203.0.113.2 2001:db8:2::2  (eth0)
-var (
-	insideGW4    = netlab.InsideGW4
-	insideHost4  = netlab.InsideHost4
-	outsideGW4   = netlab.OutsideGW4
-	outsideHost4 = netlab.OutsideHost4
-	insideGW6    = netlab.InsideGW6
-	insideHost6  = netlab.InsideHost6
-	outsideGW6   = netlab.OutsideGW6
-	outsideHost6 = netlab.OutsideHost6
-)
-
-// Interface names.
-const (
-	ifInside  = netlab.IfInside
-	ifOutside = netlab.IfOutside
-)
 
 // layout says which host is plugged in where.
 type layout int
@@ -87,13 +71,13 @@ func (t *topo) hostAddr(host *netlab.NS, v6 bool) netip.Addr {
 	in := host == t.inside()
 	switch {
 	case in && v6:
-		return insideHost6
+		return netlab.InsideHost6
 	case in:
-		return insideHost4
+		return netlab.InsideHost4
 	case v6:
-		return outsideHost6
+		return netlab.OutsideHost6
 	}
-	return outsideHost4
+	return netlab.OutsideHost4
 }
 
 // build creates the namespaces, makes the gateway a router and wires them
@@ -119,7 +103,7 @@ func (t *topo) build() error {
 // created anew, with the addresses, routes and static neighbours of their
 // places. The firewall refers to interfaces by name and stays.
 func (t *topo) wire(l layout) error {
-	if err := netlab.Unwire(t.gw, ifInside, ifOutside); err != nil {
+	if err := netlab.Unwire(t.gw, netlab.IfInside, netlab.IfOutside); err != nil {
 		return fmt.Errorf("unplugging the lab: %w", err)
 	}
 	t.layout = l
@@ -150,7 +134,7 @@ func (t *topo) strictFirewall(ctx context.Context) error {
 			{"-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED", "-m", "comment", "--comment", firewallComment, "-j", "ACCEPT"},
 			{"-P", "INPUT", "DROP"},
 			{"-P", "FORWARD", "DROP"},
-			{"-t", "nat", "-A", "POSTROUTING", "-o", ifOutside, "-m", "comment", "--comment", firewallComment, "-j", "MASQUERADE"},
+			{"-t", "nat", "-A", "POSTROUTING", "-o", netlab.IfOutside, "-m", "comment", "--comment", firewallComment, "-j", "MASQUERADE"},
 		}
 		for _, s := range steps {
 			if _, err := iptables(ctx, t.gw, v6, s...); err != nil {

@@ -3,6 +3,8 @@ package lab
 import (
 	"strings"
 	"testing"
+
+	"github.com/ftpalg/ftpalg/lab/netlab"
 )
 
 func TestLabID(t *testing.T) {
@@ -28,11 +30,11 @@ func TestTopoLayout(t *testing.T) {
 			t.Errorf("namespace %s lacks the prefix", ns.Name)
 		}
 	}
-	if tp.inside() != tp.client || tp.hostAddr(tp.client, false) != insideHost4 || tp.hostAddr(tp.server, true) != outsideHost6 {
+	if tp.inside() != tp.client || tp.hostAddr(tp.client, false) != netlab.InsideHost4 || tp.hostAddr(tp.server, true) != netlab.OutsideHost6 {
 		t.Error("gateway layout: the client must be inside, the server outside")
 	}
 	tp.layout = layoutReverse
-	if tp.inside() != tp.server || tp.hostAddr(tp.server, false) != insideHost4 || tp.hostAddr(tp.client, true) != outsideHost6 {
+	if tp.inside() != tp.server || tp.hostAddr(tp.server, false) != netlab.InsideHost4 || tp.hostAddr(tp.client, true) != netlab.OutsideHost6 {
 		t.Error("reverse layout: the server must be inside, the client outside")
 	}
 }

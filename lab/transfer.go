@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/ftpalg/ftpalg/lab/netlab"
 )
 
 // transferStep runs and narrates one download.
@@ -83,7 +85,7 @@ func (r *runner) transfer(ctx context.Context, x transfer) (bool, string) {
 			if expectFail && errors.As(err, &re) && re.Reply.Code >= 500 {
 				n.Field("server said", replyLine(re.Reply))
 				n.Text(
-					fmt.Sprintf("%sThe server sees the control connection come from %s (MASQUERADE) and", indent, outsideGW4),
+					fmt.Sprintf("%sThe server sees the control connection come from %s (MASQUERADE) and", indent, netlab.OutsideGW4),
 					indent+"will not connect to the private address the client announced. Even if it",
 					indent+"tried, the firewall would drop the connection: nothing expects it.",
 				)

@@ -44,7 +44,9 @@ var (
 func ftpalgBin(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ftpalg-e2e-bin-")
+		// Named like the harness's scratch directories, so that
+		// netlab.SweepStale removes it if this run is killed.
+		dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-bin-", netlab.Prefix, os.Getpid()))
 		if err != nil {
 			buildErr = err
 			return

@@ -154,12 +154,9 @@ func startLabServer(tb testing.TB, ns *netlab.NS, user, pass string) netlab.File
 		Dial:   ns.DialContext,
 		Listen: ns.Listen,
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
+	stop := srv.Start(ln)
 	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			tb.Errorf("lab FTP server: %v", err)
 		}
 	})

@@ -1,22 +1,12 @@
 package netlab
 
 import (
-	"bufio"
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"io"
-	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"os/user"
 	"path"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -163,88 +153,6 @@ func newServer(t testing.TB, ns *NS, kind ServerKind, opts ServerOptions, pasvMi
 	return s, dir
 }
 
-// populate creates the FTP root: /pub/big.bin, /pub/small.txt, /list/* and
-// the upload directory owned by nobody. Everything else is root's, 0755/0644.
-func (s *Server) populate() error {
-	for _, d := range []string{"pub", "list", "upload"} {
-		if err := os.MkdirAll(filepath.Join(s.Root, d), 0o755); err != nil {
-			return fmt.Errorf("creating directory: %w", err)
-		}
-	}
-	if err := os.Chmod(s.Root, 0o755); err != nil {
-		return fmt.Errorf("chmod root: %w", err)
-	}
-	if err := os.Chown(filepath.Join(s.Root, "upload"), nobody, nobody); err != nil {
-		return fmt.Errorf("chown upload directory: %w", err)
-	}
-	var err error
-	if s.Big, err = writeFile(s.Root, "/pub/big.bin", BigSize, 1); err != nil {
-		return err
-	}
-	small := "ftpalg test file\nsecond line\n"
-	if err := os.WriteFile(s.LocalPath("/pub/small.txt"), []byte(small), 0o644); err != nil {
-		return fmt.Errorf("writing small file: %w", err)
-	}
-	sum := sha256.Sum256([]byte(small))
-	s.Small = File{Path: "/pub/small.txt", Size: int64(len(small)), SHA256: hex.EncodeToString(sum[:])}
-	for i, name := range s.ListNames {
-		if _, err := writeFile(s.Root, path.Join(s.ListDir, name), int64(100*(i+1)), uint64(10+i)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// writeFile writes size pseudo-random bytes (from seed) to root+p.
-func writeFile(root, p string, size int64, seed uint64) (File, error) {
-	local := filepath.Join(root, filepath.FromSlash(p))
-	sum, err := WriteRandomFile(local, size, seed)
-	if err != nil {
-		return File{}, err
-	}
-	return File{Path: p, Size: size, SHA256: sum}, nil
-}
-
-// WriteRandomFile writes size deterministic pseudo-random bytes made from
-// seed to name (mode 0644) and returns their hex SHA-256.
-func WriteRandomFile(name string, size int64, seed uint64) (string, error) {
-	f, err := os.OpenFile(name, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return "", fmt.Errorf("creating %s: %w", name, err)
-	}
-	var key [32]byte
-	copy(key[:], strconv.FormatUint(seed, 10))
-	h := sha256.New()
-	w := bufio.NewWriterSize(io.MultiWriter(f, h), 1<<16)
-	if _, err := io.CopyN(w, rand.NewChaCha8(key), size); err != nil {
-		f.Close()
-		return "", fmt.Errorf("writing %s: %w", name, err)
-	}
-	if err := w.Flush(); err != nil {
-		f.Close()
-		return "", fmt.Errorf("writing %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return "", fmt.Errorf("closing %s: %w", name, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// FileSHA256 returns the size and hex SHA-256 of a file.
-func FileSHA256(name string) (int64, string, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return 0, "", fmt.Errorf("opening %s: %w", name, err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return 0, "", fmt.Errorf("reading %s: %w", name, err)
-	}
-	return n, hex.EncodeToString(h.Sum(nil)), nil
-}
-
 // StartVsftpd starts /usr/sbin/vsftpd in ns, one instance listening on the
 // IPv6 wildcard, which also accepts IPv4 (as IPv4-mapped addresses), with
 // anonymous login (no password), downloads, LIST and anonymous uploads into
@@ -354,90 +262,6 @@ func listenConf(loopback bool) string {
 	return "listen=NO\nlisten_ipv6=YES"
 }
 
-// pureFTPdRoots are where EnsurePureFTPd looks for an extracted pure-ftpd,
-// after /usr/sbin/pure-ftpd. FTPALG_PEERS_ROOT overrides the first.
-func pureFTPdRoots() []string {
-	roots := []string{"/opt/ftpservers/root"}
-	if r := os.Getenv("FTPALG_PEERS_ROOT"); r != "" {
-		roots = append([]string{r}, roots...)
-	}
-	return roots
-}
-
-var ensurePure struct {
-	once       sync.Once
-	bin, authd string
-	env        []string
-	err        error
-}
-
-// EnsurePureFTPd finds pure-ftpd and pure-authd: installed in /usr/sbin, or
-// extracted from the Debian package into $FTPALG_PEERS_ROOT or
-// /opt/ftpservers/root (pure-ftpd conflicts with vsftpd, so it is extracted
-// rather than installed). If neither has it, it runs `install-peers.sh
-// --pure-ftpd`, which downloads the packages with apt-get and extracts them.
-// It returns the two programs and the environment (LD_LIBRARY_PATH for an
-// extracted libsodium) to run them with.
-func EnsurePureFTPd() (bin, authd string, env []string, err error) {
-	e := &ensurePure
-	e.once.Do(func() {
-		e.bin, e.authd, e.env, e.err = findPureFTPd()
-		if e.err == nil {
-			return
-		}
-		script, serr := installScript()
-		if serr != nil {
-			e.err = errors.Join(e.err, serr)
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		if out, rerr := exec.CommandContext(ctx, "sh", script, "--pure-ftpd").CombinedOutput(); rerr != nil {
-			e.err = errors.Join(e.err, fmt.Errorf("running %s --pure-ftpd: %w: %s", script, rerr, tail(string(out), 2048)))
-			return
-		}
-		e.bin, e.authd, e.env, e.err = findPureFTPd()
-	})
-	return e.bin, e.authd, e.env, e.err
-}
-
-func findPureFTPd() (bin, authd string, env []string, err error) {
-	if isExec("/usr/sbin/pure-ftpd") && isExec("/usr/sbin/pure-authd") {
-		return "/usr/sbin/pure-ftpd", "/usr/sbin/pure-authd", nil, nil
-	}
-	for _, root := range pureFTPdRoots() {
-		bin, authd := filepath.Join(root, "usr/sbin/pure-ftpd"), filepath.Join(root, "usr/sbin/pure-authd")
-		if !isExec(bin) || !isExec(authd) {
-			continue
-		}
-		libs, _ := filepath.Glob(filepath.Join(root, "usr/lib/*-linux-gnu"))
-		if len(libs) > 0 {
-			env = []string{"LD_LIBRARY_PATH=" + strings.Join(libs, ":")}
-		}
-		return bin, authd, env, nil
-	}
-	return "", "", nil, fmt.Errorf("pure-ftpd not found in /usr/sbin or %s", strings.Join(pureFTPdRoots(), ", "))
-}
-
-func isExec(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
-}
-
-// installScript returns the path of test/install-peers.sh, next to this
-// package's source.
-func installScript() (string, error) {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return "", errors.New("locating install-peers.sh: no caller information")
-	}
-	p := filepath.Join(filepath.Dir(file), "..", "install-peers.sh")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("locating install-peers.sh: %w", err)
-	}
-	return p, nil
-}
-
 // StartPureFTPd starts pure-ftpd in ns, listening on both families, with
 // the user "ftpalg" (password "ftpalg-pw") authenticated by pure-authd
 // running a small script, chrooted into Root and writing as nobody. No
@@ -484,74 +308,6 @@ fi
 	s.Proc = ns.StartEnv(t, env, bin, args...)
 	s.waitReady(t)
 	return s
-}
-
-// waitReady waits until the server answers "220" on both families of
-// loopback, or fails t.
-func (s *Server) waitReady(t testing.TB) {
-	t.Helper()
-	s.waitReadyOn(t, "127.0.0.1", "::1")
-}
-
-// waitReadyOn waits until the server answers "220" on each host, or fails t.
-func (s *Server) waitReadyOn(t testing.TB, hosts ...string) {
-	t.Helper()
-	for _, host := range hosts {
-		addr := net.JoinHostPort(host, strconv.Itoa(s.Port))
-		var last error
-		err := waitFor(10*time.Second, func() bool {
-			if exited, werr := s.Proc.Exited(); exited {
-				last = fmt.Errorf("%s exited: %v", s.Kind, werr)
-				return true
-			}
-			last = s.greet(addr)
-			return last == nil
-		})
-		if err == nil {
-			err = last
-		}
-		if err != nil {
-			t.Fatalf("waiting for %s on %s: %v\n%s", s.Kind, addr, err, tail(s.Proc.Output(), 2048))
-		}
-	}
-}
-
-// greet connects to addr in the server's namespace and reads the greeting.
-func (s *Server) greet(addr string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	c, err := s.NS.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	r := bufio.NewReader(c)
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return fmt.Errorf("reading greeting: %w", err)
-		}
-		if strings.HasPrefix(line, "220 ") {
-			_, _ = io.WriteString(c, "QUIT\r\n")
-			return nil
-		}
-		if !strings.HasPrefix(line, "220-") {
-			return fmt.Errorf("unexpected greeting %q", line)
-		}
-	}
-}
-
-// waitFor polls cond every 20 ms until it is true or timeout passes.
-func waitFor(timeout time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v", timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return nil
 }
 
 // nextUploadName returns a fresh file name for an upload.

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	labnet "github.com/ftpalg/ftpalg/lab/netlab"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -15,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	labnet "github.com/ftpalg/ftpalg/lab/netlab"
 )
 
 // Prefix starts the name of every namespace (and scratch directory) this
