@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -33,7 +34,8 @@ type Proxy struct {
 	// intercepted (gateway mode): the address it dialled is the server's.
 	// Otherwise it dialled the listener (reverse mode).
 	Transparent bool
-	// Planner, Backend and Policy are handed to every Session.
+	// Planner, Backend and Policy are handed to every Session. Set Policy
+	// before Serve; change it later with Reload.
 	Planner Planner
 	Backend rules.Backend
 	Policy  Policy
@@ -55,8 +57,89 @@ type Proxy struct {
 	mu        sync.Mutex
 	seq       uint64
 	sessions  map[string]*Session
+	started   map[string]time.Time
 	perClient map[netip.Addr]int
 	wg        sync.WaitGroup
+	cut       chan struct{} // closed by EndDrain
+	cutOnce   sync.Once
+}
+
+// Limits are the settings of a Proxy that Reload can change.
+type Limits struct {
+	Policy                    Policy
+	MaxSessions, MaxPerClient int
+	ConnectTimeout            time.Duration
+	DrainTimeout              time.Duration
+}
+
+// Reload makes l the settings of every session accepted from now on.
+// Running sessions keep the policy they started with.
+func (p *Proxy) Reload(l Limits) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.Policy = l.Policy
+	p.MaxSessions, p.MaxPerClient = l.MaxSessions, l.MaxPerClient
+	p.ConnectTimeout, p.DrainTimeout = l.ConnectTimeout, l.DrainTimeout
+}
+
+// EndDrain cuts the drain of Serve short: the sessions still running are
+// told 421 and closed now. Safe to call at any time, more than once.
+func (p *Proxy) EndDrain() {
+	p.mu.Lock()
+	p.initLocked()
+	p.mu.Unlock()
+	p.cutOnce.Do(func() { close(p.cut) })
+}
+
+func (p *Proxy) initLocked() {
+	if p.sessions == nil {
+		p.sessions = make(map[string]*Session)
+		p.started = make(map[string]time.Time)
+		p.perClient = make(map[netip.Addr]int)
+		p.cut = make(chan struct{})
+	}
+}
+
+// SessionInfo describes one running session, for status displays.
+type SessionInfo struct {
+	ID             string
+	Client, Server netip.AddrPort
+	Start          time.Time
+	// State: "connecting" (dialling the server), "login" (no 230 yet),
+	// "logged in", or "tls" (AUTH passed through: the proxy is blind).
+	State string
+}
+
+// Snapshot lists the running sessions, oldest first.
+func (p *Proxy) Snapshot() []SessionInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]SessionInfo, 0, len(p.sessions))
+	for id, s := range p.sessions {
+		in := SessionInfo{ID: id, Start: p.started[id], State: "connecting"}
+		if s != nil {
+			in.Client, in.Server = s.Endpoints.Client, s.Endpoints.Server
+			switch {
+			case s.blind.Load():
+				in.State = "tls"
+			case s.loggedIn.Load():
+				in.State = "logged in"
+			default:
+				in.State = "login"
+			}
+		}
+		out = append(out, in)
+	}
+	slices.SortFunc(out, func(a, b SessionInfo) int { return a.Start.Compare(b.Start) })
+	return out
+}
+
+// Accepted is the number of sessions accepted since the start (not counting
+// connections refused by a limit).
+func (p *Proxy) Accepted() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.seq
 }
 
 // FixedUpstream returns an Upstream that always names srv.
@@ -80,10 +163,8 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	// Several listeners may share one Proxy (and its limits).
 	p.mu.Lock()
-	if p.sessions == nil {
-		p.sessions = make(map[string]*Session)
-		p.perClient = make(map[netip.Addr]int)
-	}
+	p.initLocked()
+	cut := p.cut
 	p.mu.Unlock()
 	sctx, cancelSessions := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSessions()
@@ -112,7 +193,9 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	ln.Close()
 
+	p.mu.Lock()
 	drain := p.DrainTimeout
+	p.mu.Unlock()
 	if drain <= 0 {
 		drain = 10 * time.Second
 	}
@@ -125,10 +208,34 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	case <-done:
 	case <-time.After(drain):
 		p.log().Warn("drain timeout: closing sessions", "sessions", p.Sessions())
+		p.goodbye()
+		cancelSessions()
+		<-done
+	case <-cut:
+		p.log().Warn("drain cut short: closing sessions", "sessions", p.Sessions())
+		p.goodbye()
 		cancelSessions()
 		<-done
 	}
 	return nil
+}
+
+// goodbye tells the client of every running session that ftpalg closes it.
+// A session's own writes are whole lines, each one Write, so this line
+// does not land inside another.
+func (p *Proxy) goodbye() {
+	p.mu.Lock()
+	var cs []net.Conn
+	for _, s := range p.sessions {
+		if s != nil {
+			cs = append(cs, s.Client)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range cs {
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write([]byte("421 ftpalg: shutting down; closing the connection\r\n"))
+	}
 }
 
 // Sessions is the number of running sessions.
@@ -158,6 +265,7 @@ func (p *Proxy) PinholeUsed(id string) {
 
 func (p *Proxy) accept(ctx context.Context, c net.Conn) {
 	client := unmap(addrPort(c.RemoteAddr()))
+	p.mu.Lock()
 	maxS, maxC := p.MaxSessions, p.MaxPerClient
 	if maxS <= 0 {
 		maxS = 1024
@@ -165,7 +273,6 @@ func (p *Proxy) accept(ctx context.Context, c net.Conn) {
 	if maxC <= 0 {
 		maxC = 32
 	}
-	p.mu.Lock()
 	var why string
 	switch {
 	case len(p.sessions) >= maxS:
@@ -181,6 +288,7 @@ func (p *Proxy) accept(ctx context.Context, c net.Conn) {
 	p.seq++
 	id := "s" + strconv.FormatUint(p.seq, 10)
 	p.sessions[id] = nil // reserved; set once the session runs
+	p.started[id] = time.Now()
 	p.perClient[client.Addr()]++
 	p.wg.Add(1)
 	p.mu.Unlock()
@@ -190,6 +298,7 @@ func (p *Proxy) accept(ctx context.Context, c net.Conn) {
 		defer func() {
 			p.mu.Lock()
 			delete(p.sessions, id)
+			delete(p.started, id)
 			if p.perClient[client.Addr()]--; p.perClient[client.Addr()] <= 0 {
 				delete(p.perClient, client.Addr())
 			}
@@ -216,7 +325,9 @@ func (p *Proxy) run(ctx context.Context, id string, c net.Conn, client netip.Add
 		p.reject(c, client, netip.AddrPort{}, "upstream", err.Error(), "421 ftpalg: no server for this connection")
 		return
 	}
-	timeout := p.ConnectTimeout
+	p.mu.Lock()
+	timeout, pol := p.ConnectTimeout, p.Policy
+	p.mu.Unlock()
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
@@ -229,8 +340,12 @@ func (p *Proxy) run(ctx context.Context, id string, c net.Conn, client netip.Add
 	}
 	u, err := dial(dctx, "tcp", srv.String())
 	if err != nil {
-		p.reject(c, client, srv, "connect", fmt.Sprintf("dialling %s: %v", srv, err),
-			"421 ftpalg: cannot reach the server; try again later")
+		// Not a refusal: the server is down or unreachable.
+		reply := "421 ftpalg: cannot reach the server; try again later"
+		p.log().Warn("server unreachable", "client", client.String(), "server", srv.String(), "err", err, "reply", reply)
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write([]byte(reply + "\r\n"))
+		c.Close()
 		return
 	}
 	dialled := srv
@@ -245,7 +360,7 @@ func (p *Proxy) run(ctx context.Context, id string, c net.Conn, client netip.Add
 	}
 	s := &Session{
 		ID: id, Client: c, Server: u, Endpoints: ep,
-		Planner: p.Planner, Backend: p.Backend, Policy: p.Policy, Log: p.Log,
+		Planner: p.Planner, Backend: p.Backend, Policy: pol, Log: p.Log,
 		OnPinholeOpen: p.OnPinholeOpen, OnPinholeClose: p.OnPinholeClose,
 	}
 	p.mu.Lock()

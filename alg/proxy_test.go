@@ -3,6 +3,7 @@ package alg_test
 import (
 	"bufio"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -136,9 +137,18 @@ func TestProxyUnreachableServer(t *testing.T) {
 	if _, line := dialFrom(t, "127.0.0.1", addr); line != "421 ftpalg: cannot reach the server; try again later\r\n" {
 		t.Fatalf("got %q", line)
 	}
-	r := logs.refusals(t)
-	if len(r) != 1 || r[0]["what"] != "connect" || r[0]["server"] != dead.String() {
+	// An unreachable server is not a policy refusal: it has a line of its own.
+	if r := logs.refusals(t); len(r) != 0 {
 		t.Fatalf("refusals %v", r)
+	}
+	var un []map[string]any
+	for _, m := range logs.lines(t) {
+		if m["msg"] == "server unreachable" {
+			un = append(un, m)
+		}
+	}
+	if len(un) != 1 || un[0]["server"] != dead.String() || un[0]["err"] == nil {
+		t.Fatalf("server unreachable lines %v", un)
 	}
 }
 
@@ -151,10 +161,14 @@ func TestProxyDrainsThenCloses(t *testing.T) {
 	if d := time.Since(start); d < 250*time.Millisecond || d > 5*time.Second {
 		t.Fatalf("Serve returned after %v, want about the drain timeout", d)
 	}
-	// The idle session was closed at the end of the drain.
+	// The idle session was told 421 and closed at the end of the drain.
 	c.SetReadDeadline(time.Now().Add(2 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err == nil {
-		t.Fatal("session still open after the drain")
+	rest, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("session still open after the drain (%v), read %q", err, rest)
+	}
+	if string(rest) != "421 ftpalg: shutting down; closing the connection\r\n" {
+		t.Fatalf("at the end of the drain the client got %q, want the 421", rest)
 	}
 	found := false
 	for _, m := range logs.lines(t) {
@@ -164,5 +178,46 @@ func TestProxyDrainsThenCloses(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("no log line for the drain timeout")
+	}
+}
+
+func TestProxyEndDrainCutsItShort(t *testing.T) {
+	srv := greeter(t)
+	p := &alg.Proxy{Upstream: alg.FixedUpstream(srv), DrainTimeout: time.Hour}
+	addr, _, stop := startProxy(t, p)
+	c, _ := dialFrom(t, "127.0.0.1", addr)
+	p.EndDrain() // before the drain: it ends as soon as it starts
+	start := time.Now()
+	stop()
+	if d := time.Since(start); d > time.Minute {
+		t.Fatalf("Serve returned after %v despite EndDrain", d)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	rest, err := io.ReadAll(c)
+	if err != nil || string(rest) != "421 ftpalg: shutting down; closing the connection\r\n" {
+		t.Fatalf("after the cut drain the client got %q (%v), want the 421 and EOF", rest, err)
+	}
+}
+
+func TestProxyReloadAppliesToNewSessions(t *testing.T) {
+	srv := greeter(t)
+	p := &alg.Proxy{Upstream: alg.FixedUpstream(srv), MaxPerClient: 1}
+	addr, _, _ := startProxy(t, p)
+	if _, line := dialFrom(t, "127.0.0.1", addr); strings.HasPrefix(line, "421 ") {
+		t.Fatalf("first session refused: %q", line)
+	}
+	if _, line := dialFrom(t, "127.0.0.1", addr); !strings.HasPrefix(line, "421 ") {
+		t.Fatalf("second session over the per-client limit 1: %q", line)
+	}
+	p.Reload(alg.Limits{Policy: alg.DefaultPolicy(), MaxSessions: 10, MaxPerClient: 2})
+	if _, line := dialFrom(t, "127.0.0.1", addr); strings.HasPrefix(line, "421 ") {
+		t.Fatalf("after raising the limit to 2, the second session was refused: %q", line)
+	}
+	if got := p.Accepted(); got != 2 {
+		t.Errorf("Accepted() = %d, want 2", got)
+	}
+	snap := p.Snapshot()
+	if len(snap) != 2 || snap[0].Client.Addr().String() != "127.0.0.1" || snap[0].Server != srv {
+		t.Errorf("Snapshot() = %+v", snap)
 	}
 }

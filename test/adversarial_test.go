@@ -859,6 +859,12 @@ func (l *advLab) unreachableServer(t *testing.T) {
 	if !strings.Contains(replyLine(r), "cannot reach the server") {
 		t.Errorf("reply %q", r.Bytes())
 	}
-	l.expectRefused(t, k, "connect", replyLine(r))
+	// Not a policy refusal: one line of its own, naming the server.
+	if rs := keyLogs(l.a, k, "refused"); len(rs) != 0 {
+		t.Errorf("an unreachable server was logged as a refusal: %v", rs)
+	}
+	if us := keyLogs(l.a, k, "server unreachable"); len(us) != 1 || logStr(us[0]["reply"]) != replyLine(r) {
+		t.Errorf("want one \"server unreachable\" line with the reply the client got, have %v", us)
+	}
 	x.expectClosed()
 }

@@ -19,7 +19,7 @@ func init() {
 
 func labCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ftpalg lab", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(stdout)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `usage: ftpalg lab [--keep] [--capture FILE] [--color auto|always|never] [--size BYTES] [-v]
        ftpalg lab --clean
@@ -41,7 +41,7 @@ flags:
 	color := fs.String("color", "auto", "colour the story: auto (when stdout is a terminal and NO_COLOR is unset), always, never")
 	size := fs.Int("size", 2<<20, "size in bytes of the file the client downloads")
 	verbose := fs.Bool("v", false, "log the lab's own debug messages to stderr")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {

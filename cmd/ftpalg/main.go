@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"log/syslog"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -68,18 +69,26 @@ func mainErr(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage())
 		return 2
 	}
-	if a := args[0]; a == "-h" || a == "-help" || a == "--help" || a == "help" {
+	switch a := args[0]; a {
+	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage())
 		return 0
+	case "-version", "--version", "-V":
+		args[0] = "version"
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "ftpalg: unknown command %q\n\n%s", args[0], usage())
+		fmt.Fprintf(stderr, "ftpalg: unknown command %q (see 'ftpalg -h' for the commands)\n", args[0])
 		return 2
 	}
 	// SIGHUP too: a hung-up terminal must not kill ftpalg without removing
-	// its rules (the interception would blackhole port 21).
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	// its rules (the interception would blackhole port 21). `run` handles
+	// its signals itself: SIGHUP reloads, a second SIGINT cuts the drain.
+	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP}
+	if args[0] == "run" {
+		sigs = sigs[:2]
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), sigs...)
 	defer stop()
 	err := cmd.run(ctx, args[1:], stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -108,6 +117,24 @@ type usageError struct{ error }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
+// parseFlags parses args with fs. Help (-h) goes to fs's output and returns
+// flag.ErrHelp (exit 0); a bad flag is one line with a hint (exit 2), not
+// the error and the usage.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	out := fs.Output()
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.Usage()
+		return flag.ErrHelp
+	}
+	if err != nil {
+		return usagef("%s: %v (see '%s -h')", strings.TrimPrefix(fs.Name(), "ftpalg "), err, fs.Name())
+	}
+	return nil
+}
+
 func version() string {
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		return bi.Main.Version
@@ -120,12 +147,43 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, usagef("--log-level %q: want debug, info, warn or error", level)
 	}
+	return newHandlerLogger(w, format, lv)
+}
+
+func newHandlerLogger(w io.Writer, format string, lv slog.Leveler) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: lv}
 	switch format {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
+		// One unit for every duration: seconds, as a number.
+		opts.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
+			if a.Value.Kind() == slog.KindDuration {
+				return slog.Float64(a.Key, a.Value.Duration().Seconds())
+			}
+			return a
+		}
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, usagef("--log-format %q: want text or json", format)
+}
+
+// newDaemonLogger logs to stderr, or to the local syslog socket (which
+// journald reads) for --log-target syslog|journald.
+func newDaemonLogger(stderr io.Writer, format, target string, lv slog.Leveler) (*slog.Logger, error) {
+	w := stderr
+	if target != "stderr" {
+		sw, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "ftpalg")
+		if err != nil {
+			return nil, fmt.Errorf("opening syslog for --log-target %s: %w", target, err)
+		}
+		w = sw
+	}
+	return newHandlerLogger(w, format, lv)
+}
+
+func parseLevel(s string) slog.Level {
+	var lv slog.Level
+	lv.UnmarshalText([]byte(s)) // validated
+	return lv
 }

@@ -9,8 +9,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ftpalg/ftpalg/alg"
@@ -22,268 +26,404 @@ import (
 )
 
 func init() {
-	register("run", "run the ALG (gateway or reverse mode)", func(ctx context.Context, args []string, _, stderr io.Writer) error {
-		return runCmd(ctx, args, stderr)
-	})
+	register("run", "run the ALG (gateway or reverse mode)", runCmd)
 }
 
-type runConfig struct {
-	mode         string
-	intercept    string
-	listen       []string
-	upstream     []string
-	publicAddr   string
-	backend      string
-	pinholeTTL   time.Duration
-	dataPorts    string
-	minDataPort  uint
-	allowTLS     bool
-	maxSessions  int
-	maxPerClient int
-	logFormat    string
-	logLevel     string
-	noConntrack  bool
-	drain        time.Duration
-	loginTimeout time.Duration
-	idleTimeout  time.Duration
-	connTimeout  time.Duration
+func runUsage(fs *flag.FlagSet) func() {
+	return func() {
+		w := fs.Output()
+		fmt.Fprint(w, `usage: ftpalg run [--config FILE] [--check-config] --mode gateway --intercept IFACE[,IFACE] [flags]
+       ftpalg run [--config FILE] [--check-config] --mode reverse --listen ADDR:PORT --upstream HOST:PORT [flags]
+
+Runs the ALG: a transparent proxy for the FTP control channel that opens
+exactly the announced data endpoint in the firewall for a short time. Every
+flag is also a key of the TOML file given with --config (the same name);
+flags override the file. SIGHUP re-reads the file: the reloadable settings
+apply to new sessions, running sessions keep theirs. Needs CAP_NET_ADMIN
+(root, or the systemd unit) except reverse mode with --backend relay.
+
+examples:
+  # a router intercepting the FTP traffic its LAN interface receives
+  ftpalg run --mode gateway --intercept eth1
+  # publishing the FTP server 192.0.2.2 on 203.0.113.1:21
+  ftpalg run --mode reverse --listen 203.0.113.1:21 --upstream 192.0.2.2:21
+
+`)
+		for _, g := range groups {
+			fmt.Fprintf(w, "%s:\n", g)
+			if g == "general" {
+				printFlag(w, fs.Lookup("config"))
+				printFlag(w, fs.Lookup("check-config"))
+			}
+			for _, o := range options {
+				if o.group == g {
+					printFlag(w, fs.Lookup(o.name))
+				}
+			}
+			fmt.Fprintln(w)
+		}
+	}
 }
 
-func runFlags(fs *flag.FlagSet) *runConfig {
-	c := &runConfig{}
-	def := alg.DefaultPolicy()
-	fs.StringVar(&c.mode, "mode", "gateway", "gateway: intercept port 21 crossing this router; reverse: publish one FTP server (--upstream)")
-	fs.StringVar(&c.intercept, "intercept", "", "gateway: interfaces (comma-separated) whose port-21 traffic is intercepted")
-	fs.Func("listen", "proxy listener address, repeatable (gateway default [::]:2121, dual-stack; reverse: required)", func(s string) error {
-		c.listen = append(c.listen, s)
+func printFlag(w io.Writer, f *flag.Flag) {
+	usage, name := f.Usage, ""
+	switch v := f.Value.(type) {
+	case *Duration:
+		name = "DURATION"
+	case *intVar:
+		name = "N"
+	case enumVar:
+		name = strings.Join(v.in, "|")
+	case *listVar, *stringVar:
+		name = "VALUE"
+		if f.Name == "listen" || f.Name == "metrics-listen" {
+			name = "ADDR:PORT"
+		} else if f.Name == "upstream" {
+			name = "HOST:PORT"
+		} else if f.Name == "intercept" {
+			name = "IFACE[,IFACE]"
+		}
+	}
+	if f.Name == "config" {
+		name = "FILE"
+	}
+	if name == "" {
+		fmt.Fprintf(w, "  --%s\n", f.Name)
+	} else {
+		fmt.Fprintf(w, "  --%s %s\n", f.Name, name)
+	}
+	if f.DefValue != "" && f.DefValue != "false" {
+		usage += fmt.Sprintf(" (default %s)", f.DefValue)
+	}
+	fmt.Fprintf(w, "        %s\n", usage)
+}
+
+func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ftpalg run", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	fs.Usage = runUsage(fs)
+	c, path, check, err := loadConfig(args, fs)
+	if err != nil {
+		return err
+	}
+	if check {
+		src := "flags"
+		if path != "" {
+			src = path + " and flags"
+		}
+		fmt.Fprintf(stdout, "configuration OK (%s): mode %s, backend %s\n", src, c.Mode, c.Backend)
 		return nil
-	})
-	fs.Func("upstream", "reverse: the published server, HOST:PORT, repeatable (one per family; a name may resolve to both)", func(s string) error {
-		c.upstream = append(c.upstream, s)
-		return nil
-	})
-	fs.StringVar(&c.publicAddr, "public-addr", "", "reverse: address announced to clients (default: the address the client dialled)")
-	fs.StringVar(&c.backend, "backend", "iptables", "pinhole backend: iptables, or relay (userspace, no privileges; reverse mode)")
-	fs.DurationVar(&c.pinholeTTL, "pinhole-ttl", def.PinholeTTL, "how long an announced, unused pinhole stays open")
-	fs.StringVar(&c.dataPorts, "data-ports", "40000-40999", "pool of this host's ports for translated data endpoints (LO-HI)")
-	fs.UintVar(&c.minDataPort, "min-data-port", uint(def.MinDataPort), "data ports below this are refused")
-	fs.BoolVar(&c.allowTLS, "allow-tls", false, "let AUTH TLS through (the ALG is then blind and opens nothing for that session)")
-	fs.IntVar(&c.maxSessions, "max-sessions", 1024, "concurrent control sessions")
-	fs.IntVar(&c.maxPerClient, "max-sessions-per-client", 32, "concurrent control sessions per client address")
-	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
-	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	fs.BoolVar(&c.noConntrack, "no-conntrack", false, "do not watch conntrack (no first-use close, no per-transfer log)")
-	fs.DurationVar(&c.drain, "drain", 10*time.Second, "on SIGTERM/SIGINT, how long running sessions may finish")
-	fs.DurationVar(&c.loginTimeout, "login-timeout", def.LoginTimeout, "end a session not logged in (no 230) by then")
-	fs.DurationVar(&c.idleTimeout, "idle-timeout", def.IdleTimeout, "end a session whose control channel is idle this long (never during a transfer)")
-	fs.DurationVar(&c.connTimeout, "connect-timeout", 10*time.Second, "bound on dialling the server")
-	return c
+	}
+	lvl := new(slog.LevelVar)
+	log, err := newDaemonLogger(stderr, c.LogFormat, c.LogTarget, lvl)
+	if err != nil {
+		return err
+	}
+	lvl.Set(parseLevel(c.LogLevel))
+	d := &daemon{cfg: c, args: args, path: path, lvl: lvl, met: newMetrics()}
+	d.log = slog.New(d.met.tap(log.Handler()))
+	return d.run(ctx)
 }
 
-// wiring is what one run puts together.
-type wiring struct {
-	log      *slog.Logger
-	pol      alg.Policy
+// daemon is one run of `ftpalg run`: the configuration and what it built.
+type daemon struct {
+	args []string // to re-read the file and flags on SIGHUP
+	path string
+	lvl  *slog.LevelVar
+	log  *slog.Logger
+	met  *metrics
+
+	mu  sync.Mutex // guards cfg after start (reload)
+	cfg Config
+
 	pool     *nat.Pool
 	proxy    *alg.Proxy
+	backend  string            // the backend in use, after auto
 	ipt      *iptables.Backend // nil with the relay backend
 	relay    *relay.Backend    // nil with the iptables backend
-	listens  []netip.AddrPort
+	listens  []net.Listener
+	holes    pinholes
+	ready    atomic.Bool
+	started  time.Time
 	cleanups []func()
 }
 
-func runCmd(ctx context.Context, args []string, stderr io.Writer) (err error) {
-	fs := flag.NewFlagSet("ftpalg run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	c := runFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("run: unexpected arguments %q", fs.Args())
-	}
-	log, err := newLogger(stderr, c.logFormat, c.logLevel)
-	if err != nil {
-		return err
-	}
-	rt := &wiring{log: log}
+func (d *daemon) config() Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg
+}
+
+func (d *daemon) run(ctx context.Context) (err error) {
+	d.started = time.Now()
 	defer func() {
-		for i := len(rt.cleanups) - 1; i >= 0; i-- {
-			rt.cleanups[i]()
+		for i := len(d.cleanups) - 1; i >= 0; i-- {
+			d.cleanups[i]()
 		}
 	}()
-	if err := rt.configure(c); err != nil {
+	c := d.cfg
+	// The metrics listener and the status socket come first: /readyz
+	// answers "not ready" while the rest starts.
+	if err := d.serveMetrics(ctx); err != nil {
 		return err
 	}
-
-	switch c.mode {
-	case "gateway":
-		err = rt.gateway(ctx, c)
-	case "reverse":
-		err = rt.reverse(ctx, c)
-	}
-	if err != nil {
+	if err := d.serveStatus(ctx); err != nil {
 		return err
 	}
-
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close() // Serve closes them too; a second Close is harmless
-		}
-	}()
-	for _, ap := range rt.listens {
-		ln, err := net.Listen("tcp", ap.String())
+	if err := d.preflight(); err != nil {
+		return err
+	}
+	if err := d.build(ctx); err != nil {
+		return err
+	}
+	for _, s := range c.Listen {
+		ln, err := net.Listen("tcp", s)
 		if err != nil {
-			return fmt.Errorf("listening: %w", err)
+			return fmt.Errorf("listening on %s: %w", s, err)
 		}
-		lns = append(lns, ln)
+		d.listens = append(d.listens, ln)
+		d.cleanups = append(d.cleanups, func() { ln.Close() }) // Serve closes it too; harmless
 	}
-	if c.mode == "gateway" {
-		// Interception only once the listener is up: no connection is
-		// redirected into a closed port.
-		if err := rt.ipt.Intercept(ctx, splitList(c.intercept), rt.listens[0].Port()); err != nil {
-			return fmt.Errorf("installing interception: %w", err)
-		}
+	if err := d.installFirewall(ctx); err != nil {
+		return err
 	}
-	rt.watchConntrack(ctx, c)
+	d.watchConntrack(ctx)
 
-	names := make([]string, len(lns))
-	for i, l := range lns {
+	names := make([]string, len(d.listens))
+	for i, l := range d.listens {
 		names[i] = l.Addr().String()
 	}
-	attrs := []any{"mode", c.mode, "listen", strings.Join(names, ","), "backend", c.backend,
-		"data_ports", c.dataPorts, "pinhole_ttl", c.pinholeTTL.String()}
-	if rt.ipt != nil {
-		attrs = append(attrs, "iptables", rt.ipt.Variant())
+	attrs := []any{"mode", string(c.Mode), "listen", strings.Join(names, ","), "backend", d.backend,
+		"data_ports", c.DataPorts, "pinhole_ttl", c.PinholeTTL.D()}
+	if d.ipt != nil {
+		attrs = append(attrs, "iptables", d.ipt.Variant())
 	}
-	if c.mode == "gateway" {
-		attrs = append(attrs, "intercept", c.intercept)
+	if c.Mode == ModeGateway {
+		attrs = append(attrs, "intercept", strings.Join(c.Intercept, ","))
 	} else {
-		attrs = append(attrs, "upstream", strings.Join(c.upstream, ","))
+		attrs = append(attrs, "upstream", strings.Join(c.Upstream, ","))
 	}
-	log.Info("ftpalg running", attrs...)
+	if d.path != "" {
+		attrs = append(attrs, "config", d.path)
+	}
+	d.ready.Store(true)
+	sdNotify(d.log, "READY=1\nSTATUS=serving")
+	d.log.Info("ftpalg running", attrs...)
 
-	// Serve every listener; the first error (or the signal) ends all.
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errs := make(chan error, len(lns))
+	stopSignals := d.handleSignals(cancel)
+	defer stopSignals()
+	stopWatchdog := sdWatchdog(d.log)
+	defer stopWatchdog()
+
+	// Serve every listener; the first error (or the signal) ends all.
+	errs := make(chan error, len(d.listens))
 	var wg sync.WaitGroup
-	for _, l := range lns {
+	for _, l := range d.listens {
 		wg.Go(func() {
-			if err := rt.proxy.Serve(sctx, l); err != nil {
+			if err := d.proxy.Serve(sctx, l); err != nil {
 				errs <- err
 				cancel()
 			}
 		})
 	}
+	<-sctx.Done()
+	d.ready.Store(false)
+	sdNotify(d.log, "STOPPING=1")
 	wg.Wait()
 	close(errs)
-	log.Info("ftpalg stopping")
+	d.log.Info("ftpalg stopping")
 	return <-errs
 }
 
-// configure checks the flags and builds what every mode shares.
-func (rt *wiring) configure(c *runConfig) error {
-	switch c.mode {
-	case "gateway":
-		if len(splitList(c.intercept)) == 0 {
-			return usagef("--mode gateway needs --intercept IFACE[,IFACE]")
+// handleSignals: SIGHUP reloads; the first SIGINT/SIGTERM starts the drain,
+// a second one cuts it short.
+func (d *daemon) handleSignals(cancel func()) (stop func()) {
+	ch := make(chan os.Signal, 4)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		stops := 0
+		for {
+			select {
+			case <-done:
+				return
+			case s := <-ch:
+				if s == syscall.SIGHUP {
+					d.reload()
+					continue
+				}
+				if stops++; stops == 1 {
+					cancel()
+				} else {
+					d.proxy.EndDrain()
+				}
+			}
 		}
-		if len(c.upstream) > 0 || c.publicAddr != "" {
-			return usagef("--upstream and --public-addr are for --mode reverse")
-		}
-		if c.backend != "iptables" {
-			return usagef("--mode gateway needs --backend iptables (it intercepts with the firewall)")
-		}
-		if len(c.listen) == 0 {
-			c.listen = []string{"[::]:2121"}
-		}
-		if len(c.listen) > 1 {
-			return usagef("--mode gateway takes one --listen (dual-stack [::]:PORT covers both families)")
-		}
-	case "reverse":
-		if c.intercept != "" {
-			return usagef("--intercept is for --mode gateway")
-		}
-		if len(c.upstream) == 0 {
-			return usagef("--mode reverse needs --upstream HOST:PORT")
-		}
-		if len(c.listen) == 0 {
-			return usagef("--mode reverse needs --listen ADDR (repeatable)")
-		}
-		if c.backend != "iptables" && c.backend != "relay" {
-			return usagef("--backend %q: want iptables or relay", c.backend)
-		}
-	default:
-		return usagef("--mode %q: want gateway or reverse", c.mode)
+	}()
+	return func() { signal.Stop(ch); close(done) }
+}
+
+// preflight refuses what would fail half-way: a missing privilege, an
+// interface that does not exist.
+func (d *daemon) preflight() error {
+	c := d.cfg
+	if c.Backend != "relay" && !hasCap(capNetAdmin) {
+		return errors.New("CAP_NET_ADMIN is missing: ftpalg changes the firewall (run it as root or from its systemd unit; reverse mode can use --backend relay without it)")
 	}
-	for _, s := range c.listen {
-		ap, err := netip.ParseAddrPort(s)
-		if err != nil {
-			return usagef("--listen %q: want ADDR:PORT, e.g. 203.0.113.1:21 or [::]:2121", s)
+	for _, name := range c.Intercept {
+		if _, err := net.InterfaceByName(name); err != nil {
+			return usagef("--intercept %s: no such interface", name)
 		}
-		if c.mode == "gateway" && (!ap.Addr().IsUnspecified() || ap.Addr().Is4()) {
-			// REDIRECT delivers to the incoming interface's own address,
-			// IPv4 and IPv6 alike: only the dual-stack wildcard gets both.
-			return usagef("--mode gateway needs --listen [::]:PORT (the dual-stack wildcard), not %s", s)
-		}
-		rt.listens = append(rt.listens, ap)
-	}
-	lo, hi, err := nat.ParseRange(c.dataPorts)
-	if err != nil {
-		return usagef("--data-ports: %v", err)
-	}
-	if c.minDataPort > 65535 {
-		return usagef("--min-data-port %d out of range", c.minDataPort)
-	}
-	if uint(lo) < c.minDataPort {
-		return usagef("--data-ports %s starts below --min-data-port %d", c.dataPorts, c.minDataPort)
-	}
-	if rt.pool, err = nat.NewPool(lo, hi); err != nil {
-		return usagef("--data-ports: %v", err)
-	}
-	rt.pol = alg.DefaultPolicy()
-	rt.pol.PinholeTTL = c.pinholeTTL
-	rt.pol.MinDataPort = uint16(c.minDataPort)
-	rt.pol.AllowTLS = c.allowTLS
-	rt.pol.LoginTimeout = c.loginTimeout
-	rt.pol.IdleTimeout = c.idleTimeout
-	if err := rt.pol.Validate(); err != nil {
-		return usagef("%v", err)
-	}
-	rt.proxy = &alg.Proxy{
-		Policy:         rt.pol,
-		Log:            rt.log,
-		MaxSessions:    c.maxSessions,
-		MaxPerClient:   c.maxPerClient,
-		DrainTimeout:   c.drain,
-		ConnectTimeout: c.connTimeout,
-	}
-	if c.maxSessions < 1 || c.maxPerClient < 1 || c.connTimeout <= 0 || c.drain <= 0 {
-		return usagef("--max-sessions, --max-sessions-per-client, --connect-timeout and --drain must be positive")
 	}
 	return nil
 }
 
-// iptables sets up the iptables backend: leftovers of a crashed run swept,
-// chains and jumps installed, all removed again at exit.
-func (rt *wiring) iptables(ctx context.Context) error {
+// build puts together the pool, the backend and the proxy.
+func (d *daemon) build(ctx context.Context) error {
+	c := d.cfg
+	lo, hi, _ := nat.ParseRange(c.DataPorts) // validated
+	var err error
+	if d.pool, err = nat.NewPool(lo, hi); err != nil {
+		return usagef("--data-ports: %v", err)
+	}
+	d.proxy = &alg.Proxy{Log: d.log}
+	d.proxy.Reload(limitsOf(c))
+	switch c.Mode {
+	case ModeGateway:
+		d.proxy.Upstream = originalDst
+		d.proxy.Transparent = true
+		d.proxy.Planner = &nat.Gateway{Pool: d.pool}
+	case ModeReverse:
+		var up []netip.AddrPort
+		for _, u := range c.Upstream {
+			addrs, err := resolveUpstream(ctx, u)
+			if err != nil {
+				return err
+			}
+			up = append(up, addrs...)
+		}
+		var public netip.Addr
+		if c.PublicAddr != "" {
+			public = netip.MustParseAddr(c.PublicAddr).Unmap() // validated
+		}
+		d.proxy.Upstream = upstreamFor(up)
+		d.proxy.Planner = &nat.Reverse{Pool: d.pool, Public: public}
+	}
+	var b rules.Backend
+	switch d.backend = resolveBackend(c.Backend); d.backend {
+	case "iptables":
+		if err := d.setupIPTables(ctx); err != nil {
+			return err
+		}
+		b = d.ipt
+	case "relay":
+		rl := relay.New(relay.Config{Log: d.log})
+		d.relay = rl
+		b = rl
+		// A pool port that something on this host already uses cannot
+		// be listened on: skip it.
+		d.pool.InUse = portBusy
+		d.cleanups = append(d.cleanups, func() {
+			sctx, cancel := context.WithTimeout(context.Background(), d.config().Drain.D())
+			defer cancel()
+			if err := rl.Shutdown(sctx); err != nil {
+				d.log.Warn("relay shutdown", "err", err)
+			}
+		})
+	default:
+		return usagef("--backend %s is not available in this build", c.Backend)
+	}
+	d.proxy.Backend = d.met.timed(b)
+	d.proxy.OnPinholeOpen = func(p rules.Pinhole) {
+		d.holes.open(p)
+		d.met.pinholeOpened()
+	}
+	d.proxy.OnPinholeClose = func(p rules.Pinhole, reason string) {
+		d.holes.close(p.ID)
+		d.met.pinholeClosed(reason)
+	}
+	d.met.watchProxy(d.proxy, d.holes.count)
+	return nil
+}
+
+// resolveBackend picks the backend "auto" stands for.
+func resolveBackend(name string) string {
+	if name == "auto" {
+		return "iptables"
+	}
+	return name
+}
+
+// limitsOf is the part of c that a reload may change.
+func limitsOf(c Config) alg.Limits {
+	return alg.Limits{
+		Policy:         c.Policy(),
+		MaxSessions:    c.MaxSessions,
+		MaxPerClient:   c.MaxPerClient,
+		ConnectTimeout: c.ConnectTimout.D(),
+		DrainTimeout:   c.Drain.D(),
+	}
+}
+
+// reload re-reads the file and the flags (which still win) and applies
+// what can change to new sessions; see the README's "Reloading".
+func (d *daemon) reload() {
+	if d.path == "" {
+		d.log.Warn("reload: nothing to reload (no --config file)")
+		return
+	}
+	fs := flag.NewFlagSet("ftpalg run", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	next, _, _, err := loadConfig(d.args, fs)
+	if err != nil {
+		d.met.reloads.WithLabelValues("failed").Inc()
+		d.log.Error("reload failed: keeping the running configuration", "config", d.path, "err", err)
+		return
+	}
+	d.mu.Lock()
+	cur := d.cfg
+	d.mu.Unlock()
+	if keys := restartOnly(cur, next); len(keys) > 0 {
+		d.met.reloads.WithLabelValues("refused").Inc()
+		d.log.Error("reload refused: these settings need a restart; keeping the running configuration",
+			"config", d.path, "keys", strings.Join(keys, ","))
+		return
+	}
+	var changed []string
+	for _, o := range options {
+		if o.bind(&cur).String() != o.bind(&next).String() {
+			changed = append(changed, o.name)
+		}
+	}
+	d.mu.Lock()
+	d.cfg = next
+	d.mu.Unlock()
+	d.proxy.Reload(limitsOf(next))
+	d.lvl.Set(parseLevel(next.LogLevel))
+	d.met.reloads.WithLabelValues("applied").Inc()
+	d.log.Info("configuration reloaded: new sessions use it, running sessions keep theirs",
+		"config", d.path, "changed", strings.Join(changed, ","))
+}
+
+// setupIPTables sets up the iptables backend: leftovers of a crashed run
+// swept, chains and jumps installed, all removed again at exit.
+func (d *daemon) setupIPTables(ctx context.Context) error {
 	lock, err := lockFirewall()
 	if err != nil {
 		return err
 	}
 	// Closed last (cleanups run in reverse): after Teardown.
-	rt.cleanups = append(rt.cleanups, func() { lock.Close() })
-	ipt, err := iptables.New(iptables.Config{Log: rt.log})
+	d.cleanups = append(d.cleanups, func() { lock.Close() })
+	ipt, err := iptables.New(iptables.Config{Log: d.log, Timeout: d.cfg.LockWait.D()})
 	if err != nil {
 		return err
 	}
 	if err := ipt.Setup(ctx); err != nil {
 		return fmt.Errorf("installing firewall chains: %w", err)
 	}
-	rt.ipt = ipt
-	rt.proxy.Backend = ipt
+	d.ipt = ipt
 	// Someone else may flush ftpalg's chains or remove its jumps
 	// (firewall-cmd --reload, a firewall restart): notice within seconds,
 	// log it and re-install the skeleton and the live pinholes.
@@ -291,74 +431,44 @@ func (rt *wiring) iptables(ctx context.Context) error {
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
-		ipt.Watch(wctx, 2*time.Second)
+		ipt.Watch(wctx, d.cfg.RepairEvery.D())
 	}()
-	rt.cleanups = append(rt.cleanups, func() {
+	d.cleanups = append(d.cleanups, func() {
 		stopWatch()
 		<-watched
 		// Not ctx: it is cancelled by the signal that brought us here.
 		tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := ipt.Teardown(tctx); err != nil {
-			rt.log.Error("removing firewall rules", "err", err)
+			d.log.Error("removing firewall rules", "err", err)
 		} else {
-			rt.log.Info("firewall rules removed")
+			d.log.Info("firewall rules removed")
 		}
 	})
 	return nil
 }
 
-func (rt *wiring) gateway(ctx context.Context, c *runConfig) error {
-	if err := rt.iptables(ctx); err != nil {
-		return err
+// installFirewall makes the listeners reachable: interception in gateway
+// mode (only once the listener is up: no connection is redirected into a
+// closed port), the listeners opened in reverse mode.
+func (d *daemon) installFirewall(ctx context.Context) error {
+	if d.ipt == nil {
+		return nil
 	}
-	rt.proxy.Upstream = originalDst
-	rt.proxy.Transparent = true
-	rt.proxy.Planner = &nat.Gateway{Pool: rt.pool}
-	return nil
-}
-
-func (rt *wiring) reverse(ctx context.Context, c *runConfig) error {
-	var up []netip.AddrPort
-	for _, u := range c.upstream {
-		addrs, err := resolveUpstream(ctx, u)
-		if err != nil {
-			return err
+	switch d.cfg.Mode {
+	case ModeGateway:
+		port := d.listens[0].Addr().(*net.TCPAddr).Port
+		if err := d.ipt.Intercept(ctx, d.cfg.Intercept, uint16(port)); err != nil {
+			return fmt.Errorf("installing interception: %w", err)
 		}
-		up = append(up, addrs...)
-	}
-	var public netip.Addr
-	if c.publicAddr != "" {
-		var err error
-		if public, err = netip.ParseAddr(c.publicAddr); err != nil {
-			return usagef("--public-addr %q: %v", c.publicAddr, err)
+	case ModeReverse:
+		var aps []netip.AddrPort
+		for _, l := range d.listens {
+			aps = append(aps, l.Addr().(*net.TCPAddr).AddrPort())
 		}
-		public = public.Unmap()
-	}
-	rt.proxy.Upstream = upstreamFor(up)
-	rt.proxy.Planner = &nat.Reverse{Pool: rt.pool, Public: public}
-	switch c.backend {
-	case "iptables":
-		if err := rt.iptables(ctx); err != nil {
-			return err
-		}
-		if err := rt.ipt.AllowListeners(ctx, rt.listens); err != nil {
+		if err := d.ipt.AllowListeners(ctx, aps); err != nil {
 			return fmt.Errorf("opening the listeners in the firewall: %w", err)
 		}
-	case "relay":
-		rl := relay.New(relay.Config{Log: rt.log})
-		rt.relay = rl
-		rt.proxy.Backend = rl
-		// A pool port that something on this host already uses cannot
-		// be listened on: skip it.
-		rt.pool.InUse = portBusy
-		rt.cleanups = append(rt.cleanups, func() {
-			sctx, cancel := context.WithTimeout(context.Background(), c.drain)
-			defer cancel()
-			if err := rl.Shutdown(sctx); err != nil {
-				rt.log.Warn("relay shutdown", "err", err)
-			}
-		})
 	}
 	return nil
 }
@@ -366,19 +476,19 @@ func (rt *wiring) reverse(ctx context.Context, c *runConfig) error {
 // watchConntrack closes pinholes at first use and logs one line per data
 // transfer, when the kernel lets us watch conntrack (CAP_NET_ADMIN). The
 // relay backend sees first use itself.
-func (rt *wiring) watchConntrack(ctx context.Context, c *runConfig) {
-	if c.noConntrack || rt.ipt == nil {
+func (d *daemon) watchConntrack(ctx context.Context) {
+	if d.cfg.NoConntrack || d.ipt == nil {
 		return
 	}
 	// Which side opened each used pinhole's connection, for the transfer
 	// line; an entry lives from first use to the flow's end.
 	var passive sync.Map // pinhole ID -> bool
 	w, err := conntrack.NewWatcher(conntrack.Config{
-		Log: rt.log,
+		Log: d.log,
 		OnUse: func(id string, f conntrack.Flow) {
 			// Not on the watcher's goroutine: closing runs iptables, and
 			// the watcher must keep reading events meanwhile.
-			go rt.proxy.PinholeUsed(id)
+			go d.proxy.PinholeUsed(id)
 		},
 		OnEnd: func(id string, f conntrack.FlowEnd) {
 			// Pinhole IDs are "<session>.p<n>".
@@ -386,19 +496,23 @@ func (rt *wiring) watchConntrack(ctx context.Context, c *runConfig) {
 			attrs := []slog.Attr{slog.String("pinhole", id), slog.String("session", session)}
 			if v, ok := passive.LoadAndDelete(id); ok {
 				attrs = append(attrs, transferAttrs(f, v.(bool))...)
+				d.met.transfer(f, v.(bool))
 			}
-			rt.log.LogAttrs(context.Background(), slog.LevelInfo, "transfer", append(attrs, f.LogAttrs()...)...)
+			d.log.LogAttrs(context.Background(), slog.LevelInfo, "transfer", append(attrs, f.LogAttrs()...)...)
 		},
 	})
 	if err != nil {
-		rt.log.Warn("conntrack unavailable: pinholes close on the transfer's reply or TTL only, no transfer lines", "err", err)
+		d.log.Warn("conntrack unavailable: pinholes close on the transfer's reply or TTL only, no transfer lines", "err", err)
 		return
 	}
-	rt.proxy.OnPinholeOpen = func(p rules.Pinhole) {
+	open, closed := d.proxy.OnPinholeOpen, d.proxy.OnPinholeClose
+	d.proxy.OnPinholeOpen = func(p rules.Pinhole) {
+		open(p)
 		passive.Store(p.ID, p.Passive)
 		w.Expect(p.ID, conntrack.Match{Src: p.Src, Dst: p.Dst})
 	}
-	rt.proxy.OnPinholeClose = func(p rules.Pinhole, reason string) {
+	d.proxy.OnPinholeClose = func(p rules.Pinhole, reason string) {
+		closed(p, reason)
 		w.Forget(p.ID) // a no-op once the flow was seen
 		if reason != "used" {
 			// Unused (or its use raced the close): the line, if any,
@@ -411,10 +525,10 @@ func (rt *wiring) watchConntrack(ctx context.Context, c *runConfig) {
 	go func() {
 		defer close(done)
 		if err := w.Run(wctx); err != nil && wctx.Err() == nil {
-			rt.log.Error("conntrack watcher stopped", "err", err)
+			d.log.Error("conntrack watcher stopped", "err", err)
 		}
 	}()
-	rt.cleanups = append(rt.cleanups, func() { stop(); <-done })
+	d.cleanups = append(d.cleanups, func() { stop(); <-done })
 }
 
 // originalDst is the gateway's Upstream: the destination the client dialled
