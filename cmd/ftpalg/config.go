@@ -397,8 +397,11 @@ func tomlError(err error) error {
 		line, _ := de.Position()
 		key := strings.Join(de.Key(), ".")
 		msg := strings.TrimPrefix(de.Error(), "toml: ")
-		if msg == "unknown field" {
+		switch msg {
+		case "unknown field":
 			msg = "unknown key (see `ftpalg run -h` for the keys)"
+		case "missing table":
+			msg = "unknown table (the file has no tables: its keys are the flag names)"
 		}
 		if m := typeErr.FindStringSubmatch(msg); m != nil {
 			want := map[string]string{"int": "a whole number", "bool": "true or false", "[]string": "a list of strings, [\"a\", \"b\"]"}[m[2]]
