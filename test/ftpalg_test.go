@@ -234,9 +234,14 @@ func dialCtrl(t testing.TB, ns *netlab.NS, addr netip.AddrPort) *ctrl {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	x := &ctrl{t: t, c: c, rr: ftp.NewReplyReader(c, 0, 0)}
+	x := dialCtrlConn(t, c)
 	x.expect(220)
 	return x
+}
+
+// dialCtrlConn wraps a control connection; the greeting is not read yet.
+func dialCtrlConn(t testing.TB, c net.Conn) *ctrl {
+	return &ctrl{t: t, c: c, rr: ftp.NewReplyReader(c, 0, 0)}
 }
 
 func (x *ctrl) reply() ftp.Reply {
