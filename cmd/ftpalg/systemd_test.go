@@ -1,0 +1,133 @@
+package main
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestSystemdUnitVerifies runs systemd-analyze verify over the shipped unit,
+// with /usr/bin/ftpalg pointed at a freshly built binary (verify checks
+// that every Exec* command exists). --man=no: the man page is installed by
+// the package, not on the test machine.
+func TestSystemdUnitVerifies(t *testing.T) {
+	sa, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		unavailable(t, "systemd-analyze not installed (package systemd)")
+	}
+	unit, err := os.ReadFile("../../contrib/systemd/ftpalg.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	bin := buildFtpalg(t, dir)
+	text := strings.ReplaceAll(string(unit), "/usr/bin/ftpalg", bin)
+	path := filepath.Join(dir, "ftpalg.service")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(sa, "verify", "--man=no", path).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	// The capabilities are exactly the two the unit documents.
+	for _, l := range strings.Split(string(unit), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok && (k == "CapabilityBoundingSet" || k == "AmbientCapabilities") {
+			if v != "CAP_NET_ADMIN CAP_NET_BIND_SERVICE" {
+				t.Errorf("%s=%s: more than CAP_NET_ADMIN and CAP_NET_BIND_SERVICE", k, v)
+			}
+		}
+	}
+	for _, want := range []string{"Type=notify", "ExecReload=", "ExecStopPost=/usr/bin/ftpalg rules flush", "ProtectSystem=strict",
+		"NoNewPrivileges=yes", "PrivateTmp=yes", "AF_NETLINK", "WatchdogSec="} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("the unit lacks %s", want)
+		}
+	}
+}
+
+func buildFtpalg(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "ftpalg")
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if out, err := exec.Command(goBin, "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("building: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestSdNotify runs ftpalg (reverse mode, relay backend: no privilege
+// needed) as systemd would, with NOTIFY_SOCKET and WATCHDOG_USEC: READY=1
+// comes once the listener accepts, watchdog pings follow, STOPPING=1 on
+// SIGTERM.
+func TestSdNotify(t *testing.T) {
+	dir := t.TempDir()
+	bin := buildFtpalg(t, dir)
+	sock := filepath.Join(dir, "notify")
+	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(bin, "run", "--mode", "reverse", "--backend", "relay", "--listen", addr,
+		"--upstream", "127.0.0.1:1", "--status-socket", "off", "--data-ports", "47000-47009")
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=200000")
+	var logs strings.Builder
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	read := func() string {
+		t.Helper()
+		nc.SetReadDeadline(time.Now().Add(20 * time.Second))
+		b := make([]byte, 512)
+		n, err := nc.Read(b)
+		if err != nil {
+			t.Fatalf("no notification (%v); ftpalg logged:\n%s", err, logs.String())
+		}
+		return string(b[:n])
+	}
+	if m := read(); !strings.HasPrefix(m, "READY=1") {
+		t.Fatalf("first notification %q, want READY=1", m)
+	}
+	if c, err := net.Dial("tcp", addr); err != nil {
+		t.Errorf("READY=1 sent but the listener does not accept: %v", err)
+	} else {
+		c.Close()
+	}
+	if m := read(); m != "WATCHDOG=1" {
+		t.Errorf("second notification %q, want a watchdog ping", m)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	for {
+		m := read()
+		if m == "STOPPING=1" {
+			break
+		}
+		if m != "WATCHDOG=1" {
+			t.Fatalf("notification %q while stopping", m)
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("ftpalg exited: %v\n%s", err, logs.String())
+	}
+}
+
+// unavailable skips outside CI and fails under CI=true.
+func unavailable(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatal(why)
+	}
+	t.Skip(why)
+}
