@@ -349,3 +349,49 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestCommandLine: what a new user meets first.
+func TestCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		args         []string
+		code         int
+		out, errText string
+	}{
+		{[]string{"--version"}, 0, "ftpalg ", ""},
+		{[]string{"version", "x"}, 2, "", "ftpalg: version takes no arguments\n"},
+		{[]string{"run", "-h"}, 0, "examples:", ""},
+		{[]string{"rules", "-h"}, 0, "usage: ftpalg rules list|flush", ""},
+		{[]string{"rules"}, 2, "", "ftpalg: rules: want list or flush (see 'ftpalg rules -h')\n"},
+		{[]string{"status", "-h"}, 0, "usage: ftpalg status", ""},
+		{[]string{"status", "extra"}, 2, "", "ftpalg: status: unexpected arguments [\"extra\"]\n"},
+		{[]string{"run", "--bogus"}, 2, "", "ftpalg: run: flag provided but not defined: -bogus (see 'ftpalg run -h')\n"},
+		{[]string{"lab", "--bogus"}, 2, "", "ftpalg: lab: flag provided but not defined: -bogus (see 'ftpalg lab -h')\n"},
+		{[]string{"inspect", "--bogus", "x"}, 2, "", "ftpalg: inspect: flag provided but not defined: -bogus (see 'ftpalg inspect -h')\n"},
+		{[]string{"run", "--mode", "gateway"}, 2, "", "ftpalg: intercept: gateway mode needs the interfaces to intercept (IFACE[,IFACE])\n"},
+		{[]string{"nope"}, 2, "", "ftpalg: unknown command \"nope\" (see 'ftpalg -h' for the commands)\n"},
+	} {
+		var out, errOut strings.Builder
+		code := mainErr(tc.args, &out, &errOut)
+		if code != tc.code || !strings.Contains(out.String(), tc.out) || (tc.errText != "" && errOut.String() != tc.errText) ||
+			(tc.errText == "" && errOut.String() != "") {
+			t.Errorf("ftpalg %q: exit %d, stdout %.80q, stderr %q; want exit %d, stdout with %q, stderr %q",
+				tc.args, code, out.String(), errOut.String(), tc.code, tc.out, tc.errText)
+		}
+	}
+	// run -h: a synopsis, every flag in its group, two examples.
+	var out strings.Builder
+	mainErr([]string{"run", "-h"}, &out, io.Discard)
+	for _, g := range groups {
+		if !strings.Contains(out.String(), "\n"+g+":\n") {
+			t.Errorf("run -h lacks the group %q", g)
+		}
+	}
+	for _, o := range options {
+		if !strings.Contains(out.String(), "  --"+o.name+" ") && !strings.Contains(out.String(), "  --"+o.name+"\n") {
+			t.Errorf("run -h lacks --%s", o.name)
+		}
+	}
+	if strings.Count(out.String(), "  ftpalg run --mode") != 2 {
+		t.Errorf("run -h does not show two examples:\n%s", out.String())
+	}
+}

@@ -6,7 +6,8 @@
 //	ftpalg rules list|flush                     show or remove ftpalg's firewall rules
 //	ftpalg lab                                  the demo: FTP through a strict firewall, with and without ftpalg
 //	ftpalg inspect FILE                         analyse the FTP control sessions of a capture
-//	ftpalg version
+//	ftpalg status [--json]                      what a running ftpalg holds now
+//	ftpalg version                              (also ftpalg --version)
 package main
 
 import (
@@ -58,7 +59,10 @@ func usage() string {
 }
 
 func init() {
-	register("version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
+	register("version", "print the version", func(_ context.Context, args []string, stdout, _ io.Writer) error {
+		if len(args) > 0 {
+			return usagef("version takes no arguments")
+		}
 		fmt.Fprintln(stdout, "ftpalg", version())
 		return nil
 	})

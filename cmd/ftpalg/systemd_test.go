@@ -131,3 +131,27 @@ func unavailable(t *testing.T, why string) {
 	}
 	t.Skip(why)
 }
+
+// TestPreflight: without CAP_NET_ADMIN one line says so; an --intercept
+// interface that does not exist is refused before anything is installed.
+// Neither reaches the firewall, so they run in the test's own namespace.
+func TestPreflight(t *testing.T) {
+	if os.Geteuid() != 0 {
+		unavailable(t, "needs root (to drop CAP_NET_ADMIN with setpriv)")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		unavailable(t, "setpriv (util-linux) not installed")
+	}
+	bin := buildFtpalg(t, t.TempDir())
+	out, err := exec.Command(setpriv, "--bounding-set", "-net_admin", "--inh-caps", "-net_admin",
+		bin, "run", "--mode", "gateway", "--intercept", "lo", "--status-socket", "off").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || strings.Count(string(out), "\n") != 1 ||
+		!strings.Contains(string(out), "CAP_NET_ADMIN is missing") {
+		t.Errorf("without CAP_NET_ADMIN: %v, %q", err, out)
+	}
+	out, err = exec.Command(bin, "run", "--mode", "gateway", "--intercept", "nosuchif0", "--status-socket", "off").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || string(out) != "ftpalg: --intercept nosuchif0: no such interface\n" {
+		t.Errorf("missing interface: %v, %q", err, out)
+	}
+}
