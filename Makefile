@@ -3,7 +3,7 @@ GO       ?= go
 FUZZTIME ?= 30s
 BIN      := bin/ftpalg
 
-.PHONY: build test unit deps fuzz bench clean demo
+.PHONY: build test unit deps fuzz bench clean demo deb
 
 build:
 	$(GO) build -o $(BIN) ./cmd/ftpalg
@@ -45,6 +45,17 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# The Debian package (bin/ftpalg_VERSION_ARCH.deb): the binary, the systemd
+# unit, /etc/ftpalg/ftpalg.toml, the examples and the man page generated
+# from the flags. nfpm comes through the Go module proxy at a fixed version.
+NFPM    ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+VERSION ?= 0.1.0~git$(shell git rev-parse --short HEAD 2>/dev/null || echo 0)
+ARCH    ?= $(shell $(GO) env GOARCH)
+deb:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.buildVersion=$(VERSION)" -o $(BIN) ./cmd/ftpalg
+	./$(BIN) manpage | gzip -9n > bin/ftpalg.8.gz
+	VERSION=$(VERSION) ARCH=$(ARCH) $(NFPM) package --config contrib/deb/nfpm.yaml --packager deb --target bin/
 
 clean:
 	rm -rf bin

@@ -395,3 +395,18 @@ func TestCommandLine(t *testing.T) {
 		t.Errorf("run -h does not show two examples:\n%s", out.String())
 	}
 }
+
+// TestManPage: every option is in the man page, and it is well-formed
+// roff (man -l renders it without warnings when man is installed).
+func TestManPage(t *testing.T) {
+	var b strings.Builder
+	writeManPage(&b)
+	for _, o := range options {
+		if !strings.Contains(b.String(), `\fB\-\-`+strings.ReplaceAll(o.name, "-", `\-`)+`\fR`) {
+			t.Errorf("the man page lacks --%s", o.name)
+		}
+	}
+	if !strings.HasPrefix(b.String(), ".TH FTPALG 8 ") {
+		t.Errorf("no .TH header")
+	}
+}

@@ -9,16 +9,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"os/signal"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/ftpalg/ftpalg/alg"
-	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/rules/iptables"
@@ -237,34 +233,6 @@ func (d *daemon) run(ctx context.Context) (err error) {
 	return <-errs
 }
 
-// handleSignals: SIGHUP reloads; the first SIGINT/SIGTERM starts the drain,
-// a second one cuts it short.
-func (d *daemon) handleSignals(cancel func()) (stop func()) {
-	ch := make(chan os.Signal, 4)
-	signal.Notify(ch, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	done := make(chan struct{})
-	go func() {
-		stops := 0
-		for {
-			select {
-			case <-done:
-				return
-			case s := <-ch:
-				if s == syscall.SIGHUP {
-					d.reload()
-					continue
-				}
-				if stops++; stops == 1 {
-					cancel()
-				} else {
-					d.proxy.EndDrain()
-				}
-			}
-		}
-	}()
-	return func() { signal.Stop(ch); close(done) }
-}
-
 // preflight refuses what would fail half-way: a missing privilege, an
 // interface that does not exist.
 func (d *daemon) preflight() error {
@@ -367,46 +335,6 @@ func limitsOf(c Config) alg.Limits {
 	}
 }
 
-// reload re-reads the file and the flags (which still win) and applies
-// what can change to new sessions; see the README's "Reloading".
-func (d *daemon) reload() {
-	if d.path == "" {
-		d.log.Warn("reload: nothing to reload (no --config file)")
-		return
-	}
-	fs := flag.NewFlagSet("ftpalg run", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	next, _, _, err := loadConfig(d.args, fs)
-	if err != nil {
-		d.met.reloads.WithLabelValues("failed").Inc()
-		d.log.Error("reload failed: keeping the running configuration", "config", d.path, "err", err)
-		return
-	}
-	d.mu.Lock()
-	cur := d.cfg
-	d.mu.Unlock()
-	if keys := restartOnly(cur, next); len(keys) > 0 {
-		d.met.reloads.WithLabelValues("refused").Inc()
-		d.log.Error("reload refused: these settings need a restart; keeping the running configuration",
-			"config", d.path, "keys", strings.Join(keys, ","))
-		return
-	}
-	var changed []string
-	for _, o := range options {
-		if o.bind(&cur).String() != o.bind(&next).String() {
-			changed = append(changed, o.name)
-		}
-	}
-	d.mu.Lock()
-	d.cfg = next
-	d.mu.Unlock()
-	d.proxy.Reload(limitsOf(next))
-	d.lvl.Set(parseLevel(next.LogLevel))
-	d.met.reloads.WithLabelValues("applied").Inc()
-	d.log.Info("configuration reloaded: new sessions use it, running sessions keep theirs",
-		"config", d.path, "changed", strings.Join(changed, ","))
-}
-
 // setupIPTables sets up the iptables backend: leftovers of a crashed run
 // swept, chains and jumps installed, all removed again at exit.
 func (d *daemon) setupIPTables(ctx context.Context) error {
@@ -473,147 +401,6 @@ func (d *daemon) installFirewall(ctx context.Context) error {
 	return nil
 }
 
-// watchConntrack closes pinholes at first use and logs one line per data
-// transfer, when the kernel lets us watch conntrack (CAP_NET_ADMIN). The
-// relay backend sees first use itself.
-func (d *daemon) watchConntrack(ctx context.Context) {
-	if d.cfg.NoConntrack || d.ipt == nil {
-		return
-	}
-	// Which side opened each used pinhole's connection, for the transfer
-	// line; an entry lives from first use to the flow's end.
-	var passive sync.Map // pinhole ID -> bool
-	w, err := conntrack.NewWatcher(conntrack.Config{
-		Log: d.log,
-		OnUse: func(id string, f conntrack.Flow) {
-			// Not on the watcher's goroutine: closing runs iptables, and
-			// the watcher must keep reading events meanwhile.
-			go d.proxy.PinholeUsed(id)
-		},
-		OnEnd: func(id string, f conntrack.FlowEnd) {
-			// Pinhole IDs are "<session>.p<n>".
-			session, _, _ := strings.Cut(id, ".")
-			attrs := []slog.Attr{slog.String("pinhole", id), slog.String("session", session)}
-			if v, ok := passive.LoadAndDelete(id); ok {
-				attrs = append(attrs, transferAttrs(f, v.(bool))...)
-				d.met.transfer(f, v.(bool))
-			}
-			d.log.LogAttrs(context.Background(), slog.LevelInfo, "transfer", append(attrs, f.LogAttrs()...)...)
-		},
-	})
-	if err != nil {
-		d.log.Warn("conntrack unavailable: pinholes close on the transfer's reply or TTL only, no transfer lines", "err", err)
-		return
-	}
-	open, closed := d.proxy.OnPinholeOpen, d.proxy.OnPinholeClose
-	d.proxy.OnPinholeOpen = func(p rules.Pinhole) {
-		open(p)
-		passive.Store(p.ID, p.Passive)
-		w.Expect(p.ID, conntrack.Match{Src: p.Src, Dst: p.Dst})
-	}
-	d.proxy.OnPinholeClose = func(p rules.Pinhole, reason string) {
-		closed(p, reason)
-		w.Forget(p.ID) // a no-op once the flow was seen
-		if reason != "used" {
-			// Unused (or its use raced the close): the line, if any,
-			// goes without the direction.
-			passive.Delete(p.ID)
-		}
-	}
-	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := w.Run(wctx); err != nil && wctx.Err() == nil {
-			d.log.Error("conntrack watcher stopped", "err", err)
-		}
-	}()
-	d.cleanups = append(d.cleanups, func() { stop(); <-done })
-}
-
-// originalDst is the gateway's Upstream: the destination the client dialled
-// before the firewall redirected it. A connection made to the listener
-// directly is refused (proxying it would make an open relay or a loop), and
-// so is one to the router itself: the proxy's own connection would reach
-// local services that the INPUT policy keeps from the client.
-func originalDst(c net.Conn) (netip.AddrPort, error) {
-	dst, err := nat.OriginalDst(c)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
-	if dst.Addr() == local.Addr().Unmap() && dst.Port() == local.Port() {
-		return netip.AddrPort{}, errors.New("connection was not intercepted (dialled the listener itself)")
-	}
-	if isLocal(dst.Addr()) {
-		return netip.AddrPort{}, fmt.Errorf("destination %s is this router itself", dst)
-	}
-	return dst, nil
-}
-
-// isLocal reports whether a is an address of this host.
-func isLocal(a netip.Addr) bool {
-	if a.IsLoopback() || a.IsUnspecified() {
-		return true
-	}
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return false
-	}
-	for _, ia := range addrs {
-		if p, err := netip.ParsePrefix(ia.String()); err == nil && p.Addr().Unmap() == a {
-			return true
-		}
-	}
-	return false
-}
-
-// resolveUpstream resolves HOST:PORT once, at start.
-func resolveUpstream(ctx context.Context, s string) ([]netip.AddrPort, error) {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil {
-		return nil, usagef("--upstream %q: want HOST:PORT", s)
-	}
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		return nil, fmt.Errorf("resolving --upstream %q: %w", s, err)
-	}
-	p, err := net.LookupPort("tcp", port)
-	if err != nil || p == 0 {
-		return nil, usagef("--upstream %q: bad port", s)
-	}
-	var out []netip.AddrPort
-	for _, a := range addrs {
-		out = append(out, netip.AddrPortFrom(a.Unmap(), uint16(p)))
-	}
-	return out, nil
-}
-
-// upstreamFor picks the upstream address of the client's family, so that
-// both channels keep one family; else the first.
-func upstreamFor(up []netip.AddrPort) func(net.Conn) (netip.AddrPort, error) {
-	return func(c net.Conn) (netip.AddrPort, error) {
-		client := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
-		for _, a := range up {
-			if a.Addr().Is4() == client.Is4() {
-				return a, nil
-			}
-		}
-		return up[0], nil
-	}
-}
-
-// portBusy reports whether a TCP port is bound on this host (any address).
-func portBusy(port uint16) bool {
-	l, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
-	if err != nil {
-		return true
-	}
-	l.Close()
-	return false
-}
-
 func splitList(s string) []string {
 	var out []string
 	for _, f := range strings.Split(s, ",") {
@@ -622,27 +409,4 @@ func splitList(s string) []string {
 		}
 	}
 	return out
-}
-
-// transferAttrs names the client and server of a data connection by their
-// real addresses, the direction the data went (the side that sent more) and
-// its bytes. The initiator (the client in passive mode, the server in active
-// mode) is the original source; the responder's real address is the reply
-// direction's source, after any DNAT.
-func transferAttrs(f conntrack.FlowEnd, passive bool) []slog.Attr {
-	initiator, responder := f.Orig.Src, f.Reply.Src
-	client, server := initiator, responder
-	if !passive {
-		client, server = responder, initiator
-	}
-	attrs := []slog.Attr{slog.String("client", client.String()), slog.String("server", server.String())}
-	if !f.Counted {
-		return attrs
-	}
-	clientSent := (f.OrigBytes > f.ReplyBytes) == passive
-	dir := "server->client"
-	if clientSent {
-		dir = "client->server"
-	}
-	return append(attrs, slog.String("direction", dir), slog.Uint64("bytes", max(f.OrigBytes, f.ReplyBytes)))
 }
