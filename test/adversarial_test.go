@@ -863,7 +863,13 @@ func (l *advLab) unreachableServer(t *testing.T) {
 	if rs := keyLogs(l.a, k, "refused"); len(rs) != 0 {
 		t.Errorf("an unreachable server was logged as a refusal: %v", rs)
 	}
-	if us := keyLogs(l.a, k, "server unreachable"); len(us) != 1 || logStr(us[0]["reply"]) != replyLine(r) {
+	var us []map[string]any
+	for _, u := range l.a.Logs("server unreachable") {
+		if u["client"] == k.client.String() && u["server"] == k.server.String() {
+			us = append(us, u)
+		}
+	}
+	if len(us) != 1 || logStr(us[0]["reply"]) != replyLine(r) || logStr(us[0]["err"]) == "" {
 		t.Errorf("want one \"server unreachable\" line with the reply the client got, have %v", us)
 	}
 	x.expectClosed()
