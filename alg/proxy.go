@@ -181,7 +181,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 			// EMFILE, ENOBUFS, ...: transient; the daemon must not die of
 			// them. Back off and go on.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			p.log().Warn("accept failed", "err", aerr, "retry_in", backoff.String())
+			p.log().Warn("accept failed", "err", aerr, "retry_in", backoff)
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():
@@ -202,7 +202,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
 	if n := p.Sessions(); n > 0 {
-		p.log().Info("draining sessions", "sessions", n, "timeout", drain.String())
+		p.log().Info("draining sessions", "sessions", n, "timeout", drain)
 	}
 	select {
 	case <-done:
@@ -371,8 +371,8 @@ func (p *Proxy) run(ctx context.Context, id string, c net.Conn, client netip.Add
 	start := time.Now()
 	err = s.Run(ctx)
 	if err != nil {
-		log.Info("session end", "duration", time.Since(start).Round(time.Millisecond).String(), "err", err)
+		log.Info("session end", "duration", time.Since(start).Round(time.Millisecond), "err", err)
 	} else {
-		log.Info("session end", "duration", time.Since(start).Round(time.Millisecond).String())
+		log.Info("session end", "duration", time.Since(start).Round(time.Millisecond))
 	}
 }

@@ -22,13 +22,23 @@ func (d *daemon) handleSignals(cancel func()) (stop func()) {
 			case <-done:
 				return
 			case s := <-ch:
+				serving := false
+				select {
+				case <-d.serving:
+					serving = true
+				default:
+				}
 				if s == syscall.SIGHUP {
-					d.reload()
+					if serving {
+						d.reload()
+					} else {
+						d.log.Warn("reload ignored: ftpalg is still starting")
+					}
 					continue
 				}
 				if stops++; stops == 1 {
 					cancel()
-				} else {
+				} else if serving {
 					d.proxy.EndDrain()
 				}
 			}

@@ -140,6 +140,7 @@ type daemon struct {
 	listens  []net.Listener
 	holes    pinholes
 	ready    atomic.Bool
+	serving  chan struct{} // closed once the proxy serves: reload and EndDrain may use it
 	started  time.Time
 	cleanups []func()
 }
@@ -152,6 +153,14 @@ func (d *daemon) config() Config {
 
 func (d *daemon) run(ctx context.Context) (err error) {
 	d.started = time.Now()
+	d.serving = make(chan struct{})
+	// Signals are handled from the start to the end of the cleanups: a
+	// SIGHUP while the firewall is set up or torn down must not kill
+	// ftpalg half-way.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopSignals := d.handleSignals(cancel)
+	defer stopSignals()
 	defer func() {
 		for i := len(d.cleanups) - 1; i >= 0; i-- {
 			d.cleanups[i]()
@@ -206,10 +215,8 @@ func (d *daemon) run(ctx context.Context) (err error) {
 	sdNotify(d.log, "READY=1\nSTATUS=serving")
 	d.log.Info("ftpalg running", attrs...)
 
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stopSignals := d.handleSignals(cancel)
-	defer stopSignals()
+	sctx := ctx
+	close(d.serving)
 	stopWatchdog := sdWatchdog(d.log)
 	defer stopWatchdog()
 

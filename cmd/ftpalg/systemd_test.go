@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -154,4 +158,108 @@ func TestPreflight(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || string(out) != "ftpalg: --intercept nosuchif0: no such interface\n" {
 		t.Errorf("missing interface: %v, %q", err, out)
 	}
+}
+
+// TestSecondSignalCutsDrain: the first SIGINT starts the drain (an hour
+// here), the second ends it: the client still gets 421, ftpalg exits 0.
+// JSON logs give every duration in seconds, as a number.
+func TestSecondSignalCutsDrain(t *testing.T) {
+	bin := buildFtpalg(t, t.TempDir())
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	go func() {
+		for {
+			c, err := up.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("220 test server\r\n"))
+			go io.Copy(io.Discard, c)
+		}
+	}()
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(bin, "run", "--mode", "reverse", "--backend", "relay", "--listen", addr,
+		"--upstream", up.Addr().String(), "--status-socket", "off", "--drain", "1h", "--log-format", "json")
+	var logs syncBuilder
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	var c net.Conn
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err = net.Dial("tcp", addr); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ftpalg does not listen: %v\n%s", err, logs.String())
+		}
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	r := bufio.NewReader(c)
+	if line, err := r.ReadString('\n'); err != nil || line != "220 test server\r\n" {
+		t.Fatalf("greeting %q, %v", line, err)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(logs.String(), `"msg":"draining sessions"`); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no drain after SIGINT:\n%s", logs.String())
+		}
+	}
+	cmd.Process.Signal(os.Interrupt)
+	rest, err := io.ReadAll(r)
+	if err != nil || string(rest) != "421 ftpalg: shutting down; closing the connection\r\n" {
+		t.Errorf("after the second SIGINT the client got %q (%v), want the 421 and EOF", rest, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("ftpalg exited: %v\n%s", err, logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("ftpalg still draining 30s after the second SIGINT:\n%s", logs.String())
+	}
+	// Durations: numbers of seconds.
+	for _, line := range strings.Split(logs.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil {
+			continue
+		}
+		switch m["msg"] {
+		case "draining sessions":
+			if m["timeout"] != 3600.0 {
+				t.Errorf("drain timeout logged as %#v, want 3600 (seconds)", m["timeout"])
+			}
+		case "session end":
+			if _, ok := m["duration"].(float64); !ok {
+				t.Errorf("session duration logged as %#v, want seconds", m["duration"])
+			}
+		}
+	}
+}
+
+// syncBuilder is a strings.Builder safe for a writer and a reader.
+type syncBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuilder) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuilder) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
