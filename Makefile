@@ -54,7 +54,7 @@ VERSION ?= 0.1.0~git$(shell git rev-parse --short HEAD 2>/dev/null || echo 0)
 ARCH    ?= $(shell $(GO) env GOARCH)
 deb:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.buildVersion=$(VERSION)" -o $(BIN) ./cmd/ftpalg
-	./$(BIN) manpage | gzip -9n > bin/ftpalg.8.gz
+	env -u GOARCH $(GO) run -ldflags "-X main.buildVersion=$(VERSION)" ./cmd/ftpalg manpage | gzip -9n > bin/ftpalg.8.gz
 	VERSION=$(VERSION) ARCH=$(ARCH) $(NFPM) package --config contrib/deb/nfpm.yaml --packager deb --target bin/
 
 clean:
