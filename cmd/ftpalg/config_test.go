@@ -410,3 +410,9 @@ func TestManPage(t *testing.T) {
 		t.Errorf("no .TH header")
 	}
 }
+
+func TestUsageHidesManpage(t *testing.T) {
+	if strings.Contains(usage(), "manpage") {
+		t.Error("the hidden manpage command is listed")
+	}
+}

@@ -47,8 +47,10 @@ func usage() string {
 	var b strings.Builder
 	b.WriteString("usage: ftpalg <command> [flags]\n\ncommands:\n")
 	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
+	for n, c := range commands {
+		if c.summary != "" { // hidden: manpage
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
 	for _, n := range names {
