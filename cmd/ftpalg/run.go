@@ -167,18 +167,19 @@ func (d *daemon) run(ctx context.Context) (err error) {
 		}
 	}()
 	c := d.cfg
-	// The metrics listener and the status socket come first: /readyz
-	// answers "not ready" while the rest starts.
+	// The metrics listener comes first: /readyz answers "not ready" while
+	// the rest starts. The status socket once the firewall lock is taken
+	// (in build): a second ftpalg is refused by the lock.
 	if err := d.serveMetrics(ctx); err != nil {
-		return err
-	}
-	if err := d.serveStatus(ctx); err != nil {
 		return err
 	}
 	if err := d.preflight(); err != nil {
 		return err
 	}
 	if err := d.build(ctx); err != nil {
+		return err
+	}
+	if err := d.serveStatus(ctx); err != nil {
 		return err
 	}
 	for _, s := range c.Listen {

@@ -176,27 +176,35 @@ func statusSocketPath(s string) (string, error) {
 	return strings.TrimSuffix(lock, ".lock") + ".sock", nil
 }
 
-// serveStatus serves the status on the root-only unix socket.
+// serveStatus serves the status on the root-only unix socket. With "auto"
+// a socket that cannot be made (an unprivileged sidecar cannot write to
+// /run/ftpalg) is a warning: ftpalg runs without it.
 func (d *daemon) serveStatus(ctx context.Context) error {
 	if d.cfg.StatusSocket == "off" {
 		return nil
 	}
+	err := d.listenStatus(ctx)
+	if err != nil && d.cfg.StatusSocket == "auto" {
+		d.log.Warn("no status socket: ftpalg status will not work (--status-socket off silences this)", "err", err)
+		return nil
+	}
+	return err
+}
+
+func (d *daemon) listenStatus(ctx context.Context) error {
 	path, err := statusSocketPath(d.cfg.StatusSocket)
 	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		if d.cfg.StatusSocket == "auto" {
-			d.log.Warn("no status socket (ftpalg status will not work)", "err", err)
-			return nil
-		}
 		return fmt.Errorf("creating the status socket's directory: %w", err)
 	}
-	// A socket left by a killed run: nobody listens on it any more (the
-	// firewall lock, taken later, keeps two daemons apart).
+	// A socket left by a killed run: nobody listens on it any more. (The
+	// firewall lock, taken before, keeps two daemons with a firewall
+	// backend apart.)
 	if c, err := net.Dial("unix", path); err == nil {
 		c.Close()
-		return fmt.Errorf("status socket %s: another ftpalg is running here", path)
+		return fmt.Errorf("status socket %s: another ftpalg answers on it", path)
 	}
 	os.Remove(path)
 	mux := http.NewServeMux()
