@@ -23,7 +23,7 @@ func Benchmark227(b *testing.B) {
 	sc, sp := net.Pipe()
 	pool, _ := nat.NewPool(40000, 40003)
 	s := &alg.Session{
-		ID: "b", Client: cp, Server: sp, Endpoints: ep4,
+		ID: 1, Client: cp, Server: sp, Endpoints: ep4,
 		Planner: &nat.Gateway{Pool: pool}, Backend: &rules.Fake{},
 		Log: slog.New(slog.DiscardHandler),
 	}

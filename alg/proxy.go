@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strconv"
 	"sync"
 	"time"
 
@@ -48,13 +47,12 @@ type Proxy struct {
 	// DrainTimeout is how long Serve waits for sessions after ctx ends
 	// before it closes them (0: 10s).
 	DrainTimeout time.Duration
-	// OnPinholeOpen and OnPinholeClose are handed to every Session.
-	OnPinholeOpen  func(p rules.Pinhole)
-	OnPinholeClose func(p rules.Pinhole, reason string)
+	// Observer, if set, is handed to every Session.
+	Observer Observer
 
 	mu        sync.Mutex
 	seq       uint64
-	sessions  map[string]*Session
+	sessions  map[uint64]*Session
 	perClient map[netip.Addr]int
 	wg        sync.WaitGroup
 }
@@ -81,7 +79,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	// Several listeners may share one Proxy (and its limits).
 	p.mu.Lock()
 	if p.sessions == nil {
-		p.sessions = make(map[string]*Session)
+		p.sessions = make(map[uint64]*Session)
 		p.perClient = make(map[netip.Addr]int)
 	}
 	p.mu.Unlock()
@@ -138,18 +136,12 @@ func (p *Proxy) Sessions() int {
 	return len(p.sessions)
 }
 
-// PinholeUsed routes a conntrack observation to the session that owns the
-// pinhole (IDs are "<session>.p<n>").
-func (p *Proxy) PinholeUsed(id string) {
-	sid := id
-	for i := len(id) - 1; i >= 0; i-- {
-		if id[i] == '.' {
-			sid = id[:i]
-			break
-		}
-	}
+// PinholeUsed routes an observation (e.g. conntrack saw the data
+// connection) to the session that owns the pinhole, which closes it. It
+// does not block: the close is queued.
+func (p *Proxy) PinholeUsed(id rules.PinholeID) {
 	p.mu.Lock()
-	s := p.sessions[sid]
+	s := p.sessions[id.Session]
 	p.mu.Unlock()
 	if s != nil {
 		s.PinholeUsed(id)
@@ -179,7 +171,7 @@ func (p *Proxy) accept(ctx context.Context, c net.Conn) {
 		return
 	}
 	p.seq++
-	id := "s" + strconv.FormatUint(p.seq, 10)
+	id := p.seq
 	p.sessions[id] = nil // reserved; set once the session runs
 	p.perClient[client.Addr()]++
 	p.wg.Add(1)
@@ -210,7 +202,7 @@ func (p *Proxy) reject(c net.Conn, client, server netip.AddrPort, what, why, rep
 	c.Close()
 }
 
-func (p *Proxy) run(ctx context.Context, id string, c net.Conn, client netip.AddrPort) {
+func (p *Proxy) run(ctx context.Context, id uint64, c net.Conn, client netip.AddrPort) {
 	srv, err := p.Upstream(c)
 	if err != nil {
 		p.reject(c, client, netip.AddrPort{}, "upstream", err.Error(), "421 ftpalg: no server for this connection")
@@ -246,12 +238,12 @@ func (p *Proxy) run(ctx context.Context, id string, c net.Conn, client netip.Add
 	s := &Session{
 		ID: id, Client: c, Server: u, Endpoints: ep,
 		Planner: p.Planner, Backend: p.Backend, Policy: p.Policy, Log: p.Log,
-		OnPinholeOpen: p.OnPinholeOpen, OnPinholeClose: p.OnPinholeClose,
+		Observer: p.Observer,
 	}
 	p.mu.Lock()
 	p.sessions[id] = s
 	p.mu.Unlock()
-	log := p.log().With("session", s.ID, "client", client.String(), "server", ep.Server.String())
+	log := p.log().With("session", rules.SessionName(s.ID), "client", client.String(), "server", ep.Server.String())
 	log.Info("session start", "upstream", ep.Upstream.String())
 	start := time.Now()
 	err = s.Run(ctx)

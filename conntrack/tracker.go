@@ -10,6 +10,8 @@ import (
 
 	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
+
+	"github.com/ftpalg/ftpalg/rules"
 )
 
 // DefaultMaxFlows is the number of used pinholes' flows a Watcher tracks at
@@ -79,7 +81,7 @@ func (s snapshot) key() flowKey { return flowKey{zone: s.zone, orig: s.orig} }
 
 // expectation is a registered Match waiting for its first flow.
 type expectation struct {
-	id    string
+	id    rules.PinholeID
 	match Match
 	seq   uint64 // registration order, oldest wins among equal matches
 }
@@ -87,7 +89,7 @@ type expectation struct {
 // tracked is a flow that used a pinhole, waiting for its end.
 type tracked struct {
 	key  flowKey
-	id   string
+	id   rules.PinholeID
 	flow Flow
 	// closed is when conntrack was seen closing the connection (TIME_WAIT
 	// or CLOSE) while its counters could not be read; the DESTROY event
@@ -98,13 +100,13 @@ type tracked struct {
 
 // use is a pinhole's first flow, to report through OnUse.
 type use struct {
-	id   string
+	id   rules.PinholeID
 	flow Flow
 }
 
 // end is a tracked flow's end, to report through OnEnd.
 type end struct {
-	id  string
+	id  rules.PinholeID
 	end FlowEnd
 }
 
@@ -115,7 +117,7 @@ type tracker struct {
 	mu      sync.Mutex
 	max     int
 	seq     uint64
-	expects map[string]*expectation
+	expects map[rules.PinholeID]*expectation
 	// byDst indexes expects by Match.Dst: a NEW event costs one map lookup.
 	byDst map[netip.AddrPort][]*expectation
 	flows map[flowKey]*list.Element // of *tracked
@@ -133,7 +135,7 @@ type tracker struct {
 	// transfer ended while the dispatcher was busy) must not take it away.
 	// The dispatcher uses the claim with the event; settle gives back one
 	// it could not use.
-	claims map[string]*expectation
+	claims map[rules.PinholeID]*expectation
 }
 
 func newTracker(maxFlows int) *tracker {
@@ -142,20 +144,20 @@ func newTracker(maxFlows int) *tracker {
 	}
 	return &tracker{
 		max:      maxFlows,
-		expects:  make(map[string]*expectation),
+		expects:  make(map[rules.PinholeID]*expectation),
 		byDst:    make(map[netip.AddrPort][]*expectation),
 		flows:    make(map[flowKey]*list.Element),
 		order:    list.New(),
 		ids:      make(map[uint32]int),
 		inflight: make(map[uint32]int),
-		claims:   make(map[string]*expectation),
+		claims:   make(map[rules.PinholeID]*expectation),
 	}
 }
 
 // expect registers (or replaces) the expectation id. m must be normalized.
 // An expectation with that id that a queued NEW event claimed still goes to
 // that event's flow, but is not given back if the flow cannot use it.
-func (t *tracker) expect(id string, m Match) {
+func (t *tracker) expect(id rules.PinholeID, m Match) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.removeExpectLocked(id)
@@ -168,7 +170,7 @@ func (t *tracker) expect(id string, m Match) {
 // that a queued NEW event claimed still goes to that event's flow (the flow
 // started before the forget), but is not given back if the flow cannot use
 // it.
-func (t *tracker) forget(id string) bool {
+func (t *tracker) forget(id rules.PinholeID) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.claims, id)
@@ -197,7 +199,7 @@ func (t *tracker) pendingLocked(orig Tuple) *expectation {
 	return best
 }
 
-func (t *tracker) removeExpectLocked(id string) bool {
+func (t *tracker) removeExpectLocked(id rules.PinholeID) bool {
 	e, ok := t.expects[id]
 	if !ok {
 		return false

@@ -12,6 +12,8 @@ import (
 	ct "github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
+
+	"github.com/ftpalg/ftpalg/rules"
 )
 
 // DefaultEventBuffer is the number of decoded events a Watcher queues
@@ -38,10 +40,10 @@ type Config struct {
 	Log *slog.Logger
 	// OnUse is called once per expectation, with the first flow matching
 	// it. The expectation is consumed; the flow is tracked until it ends.
-	OnUse func(id string, f Flow)
+	OnUse func(id rules.PinholeID, f Flow)
 	// OnEnd is called once when a flow reported through OnUse ends:
 	// normally as conntrack sees it close (see the package documentation).
-	OnEnd func(id string, f FlowEnd)
+	OnEnd func(id rules.PinholeID, f FlowEnd)
 	// MaxFlows bounds the tracked flows; when full, the oldest is dropped
 	// (and logged) without OnEnd. Zero means DefaultMaxFlows.
 	MaxFlows int
@@ -58,8 +60,8 @@ type Config struct {
 // events queue, so they should not block for long.
 type Watcher struct {
 	log    *slog.Logger
-	onUse  func(string, Flow)
-	onEnd  func(string, FlowEnd)
+	onUse  func(rules.PinholeID, Flow)
+	onEnd  func(rules.PinholeID, FlowEnd)
 	buffer int
 	t      *tracker
 
@@ -167,7 +169,7 @@ func setReadBuffer(c *netlink.Conn, n int) error {
 // so that no flow can come first. Expect with an id already pending
 // replaces it. A match that is not exact (no source, port 0, mixed families)
 // can never match; it is logged and dropped.
-func (w *Watcher) Expect(id string, m Match) {
+func (w *Watcher) Expect(id rules.PinholeID, m Match) {
 	n, err := m.normalize()
 	if err != nil {
 		w.log.Error("conntrack: ignoring expectation", "pinhole", id, "match", m.String(), "error", err)
@@ -180,7 +182,7 @@ func (w *Watcher) Expect(id string, m Match) {
 // unused). A flow that already used it stays tracked until it ends, and one
 // whose NEW event was received but not yet dispatched still fires OnUse
 // (after Forget), then OnEnd; see the package documentation.
-func (w *Watcher) Forget(id string) {
+func (w *Watcher) Forget(id rules.PinholeID) {
 	w.t.forget(id)
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ftpalg/ftpalg/alg"
 	"github.com/ftpalg/ftpalg/nat"
+	"github.com/ftpalg/ftpalg/rules"
 )
 
 // Options configure an inspection. The zero value inspects port 21 with
@@ -403,7 +404,8 @@ func (ins *inspector) New(netFlow, tcpFlow gopacket.Flow, tcp *layers.TCP, ac re
 func (ins *inspector) name(s *sess) {
 	if s.rep.ID == "" {
 		ins.ids++
-		s.rep.ID = fmt.Sprintf("s%d", ins.ids)
+		s.num = uint64(ins.ids)
+		s.rep.ID = rules.SessionName(s.num)
 	}
 }
 

@@ -117,7 +117,7 @@ type Pinhole struct {
 }
 
 func pinholeOf(p rules.Pinhole) *Pinhole {
-	return &Pinhole{ID: p.ID, Src: p.Src, Dst: p.Dst, DNAT: p.DNAT, SNAT: p.SNAT, Rule: p.String()}
+	return &Pinhole{ID: p.ID.String(), Src: p.Src, Dst: p.Dst, DNAT: p.DNAT, SNAT: p.SNAT, Rule: p.String()}
 }
 
 // DataConn is the first packet (SYN) of a data connection seen in the

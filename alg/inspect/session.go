@@ -12,6 +12,7 @@ import (
 
 	"github.com/ftpalg/ftpalg/alg"
 	"github.com/ftpalg/ftpalg/alg/ftp"
+	"github.com/ftpalg/ftpalg/rules"
 )
 
 // Pseudo-verbs in the FIFO of outstanding commands.
@@ -30,6 +31,7 @@ const maxFIFO = 1024
 type sess struct {
 	ins *inspector
 	rep *Session
+	num uint64 // the session's number (rep.ID is its text form)
 	ep  alg.Endpoints
 	pol alg.Policy
 
@@ -431,7 +433,7 @@ func (s *sess) reply(t time.Time, r ftp.Reply) {
 		s.rep.State = "encrypted"
 		s.stop()
 		return
-	case verb == "FEAT" && r.Code == 211 && !s.pol.AllowTLS && hasAuthFeature(r):
+	case verb == "FEAT" && r.Code == 211 && s.pol.TLSMode() == alg.TLSRefuse && hasAuthFeature(r):
 		ev.Note = "ftpalg removes the AUTH lines from this reply"
 		s.event(ev)
 	default:
@@ -522,8 +524,7 @@ func (s *sess) plan(t time.Time, a alg.Announcement, line string) {
 		p.Release()
 	}
 	s.nextPH++
-	p.Pinhole.ID = fmt.Sprintf("%s.p%d", s.rep.ID, s.nextPH)
-	p.Pinhole.Session = s.rep.ID
+	p.Pinhole.ID = rules.PinholeID{Session: s.num, N: uint32(s.nextPH)}
 	p.Pinhole.TTL = s.pol.PinholeTTL
 	if err := p.Pinhole.Validate(); err != nil {
 		s.violate(t, DirServer, "plan", err.Error(), "425 ftpalg: cannot open data connection: internal error", false)

@@ -372,18 +372,15 @@ func (rt *wiring) watchConntrack(ctx context.Context, c *runConfig) {
 	}
 	// Which side opened each used pinhole's connection, for the transfer
 	// line; an entry lives from first use to the flow's end.
-	var passive sync.Map // pinhole ID -> bool
+	var passive sync.Map // rules.PinholeID -> bool
 	w, err := conntrack.NewWatcher(conntrack.Config{
 		Log: rt.log,
-		OnUse: func(id string, f conntrack.Flow) {
-			// Not on the watcher's goroutine: closing runs iptables, and
-			// the watcher must keep reading events meanwhile.
-			go rt.proxy.PinholeUsed(id)
+		OnUse: func(id rules.PinholeID, f conntrack.Flow) {
+			// It does not block: the session queues the close.
+			rt.proxy.PinholeUsed(id)
 		},
-		OnEnd: func(id string, f conntrack.FlowEnd) {
-			// Pinhole IDs are "<session>.p<n>".
-			session, _, _ := strings.Cut(id, ".")
-			attrs := []slog.Attr{slog.String("pinhole", id), slog.String("session", session)}
+		OnEnd: func(id rules.PinholeID, f conntrack.FlowEnd) {
+			attrs := []slog.Attr{slog.String("pinhole", id.String()), slog.String("session", rules.SessionName(id.Session))}
 			if v, ok := passive.LoadAndDelete(id); ok {
 				attrs = append(attrs, transferAttrs(f, v.(bool))...)
 			}
@@ -394,18 +391,7 @@ func (rt *wiring) watchConntrack(ctx context.Context, c *runConfig) {
 		rt.log.Warn("conntrack unavailable: pinholes close on the transfer's reply or TTL only, no transfer lines", "err", err)
 		return
 	}
-	rt.proxy.OnPinholeOpen = func(p rules.Pinhole) {
-		passive.Store(p.ID, p.Passive)
-		w.Expect(p.ID, conntrack.Match{Src: p.Src, Dst: p.Dst})
-	}
-	rt.proxy.OnPinholeClose = func(p rules.Pinhole, reason string) {
-		w.Forget(p.ID) // a no-op once the flow was seen
-		if reason != "used" {
-			// Unused (or its use raced the close): the line, if any,
-			// goes without the direction.
-			passive.Delete(p.ID)
-		}
-	}
+	rt.proxy.Observer = &watchObserver{w: w, passive: &passive}
 	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() {
@@ -415,6 +401,26 @@ func (rt *wiring) watchConntrack(ctx context.Context, c *runConfig) {
 		}
 	}()
 	rt.cleanups = append(rt.cleanups, func() { stop(); <-done })
+}
+
+// watchObserver has conntrack watch each pinhole's data connection.
+type watchObserver struct {
+	w       *conntrack.Watcher
+	passive *sync.Map
+}
+
+func (o *watchObserver) PinholeOpening(p rules.Pinhole) {
+	o.passive.Store(p.ID, p.Passive)
+	o.w.Expect(p.ID, conntrack.Match{Src: p.Src, Dst: p.Dst})
+}
+
+func (o *watchObserver) PinholeClosed(p rules.Pinhole, reason string) {
+	o.w.Forget(p.ID) // a no-op once the flow was seen
+	if reason != "used" {
+		// Unused (or its use raced the close): the line, if any, goes
+		// without the direction.
+		o.passive.Delete(p.ID)
+	}
 }
 
 // originalDst is the gateway's Upstream: the destination the client dialled

@@ -119,7 +119,8 @@ type ipTables interface {
 	ListTable(table string) ([]string, error)
 	// Restore runs "iptables-restore --noflush" with input in the format
 	// of iptables-save (iptables_restore.go).
-	Restore(input []byte) error
+	// The run is killed when ctx ends.
+	Restore(ctx context.Context, input []byte) error
 }
 
 var _ ipTables = (*kernelIPTables)(nil)
@@ -195,12 +196,12 @@ type Backend struct {
 	// by the others.
 	life sync.RWMutex
 
-	mu        sync.Mutex              // guards the fields below; never held while a command runs
-	ready     bool                    // Setup has succeeded, Teardown not yet run
-	open      map[string]*livePinhole // open pinholes, by pinhole ID
-	seq       uint64                  // counts installs, to order rules (rule.seq)
-	busy      map[string]bool         // IDs of pinholes being opened or closed
-	intercept []rule                  // rules installed by Intercept and AllowListeners
+	mu        sync.Mutex                       // guards the fields below; never held while a command runs
+	ready     bool                             // Setup has succeeded, Teardown not yet run
+	open      map[rules.PinholeID]*livePinhole // open pinholes, by pinhole ID
+	seq       uint64                           // counts installs, to order rules (rule.seq)
+	busy      map[rules.PinholeID]bool         // IDs of pinholes being opened or closed
+	intercept []rule                           // rules installed by Intercept and AllowListeners
 }
 
 // livePinhole is the state of one open pinhole.
@@ -267,8 +268,8 @@ func newIPTables(log *slog.Logger, variant string, v4, v6 ipTables) *Backend {
 		log:     log,
 		variant: variant,
 		v4:      &family{name: "iptables", ipt: v4},
-		open:    make(map[string]*livePinhole),
-		busy:    make(map[string]bool),
+		open:    make(map[rules.PinholeID]*livePinhole),
+		busy:    make(map[rules.PinholeID]bool),
 	}
 	if v6 != nil {
 		t.v6 = &family{name: "ip6tables", ipt: v6}
@@ -627,7 +628,7 @@ func (t *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	if err != nil {
 		return fmt.Errorf("opening pinhole %v: %w", p, err)
 	}
-	t.log.Debug("pinhole opened", "session", p.Session, "pinhole", p.String(), "rules", len(rules))
+	t.log.Debug("pinhole opened", "session", p.Session(), "pinhole", p.String(), "rules", len(rules))
 	return nil
 }
 
@@ -662,7 +663,7 @@ func (t *Backend) Close(ctx context.Context, p rules.Pinhole) error {
 	if err != nil {
 		return fmt.Errorf("closing pinhole %v: %w", p, err)
 	}
-	t.log.Debug("pinhole closed", "session", p.Session, "pinhole", p.String())
+	t.log.Debug("pinhole closed", "session", p.Session(), "pinhole", p.String())
 	return nil
 }
 
@@ -702,20 +703,14 @@ func remove(rules []rule) (left []rule, err error) {
 	return left, errors.Join(errs...)
 }
 
-// commentPartRE is what a session or pinhole ID may contain: it ends up in a
-// rule comment, where ":" separates the parts.
-var commentPartRE = regexp.MustCompile(`^[A-Za-z0-9._@/+=-]*$`)
-
-// pinholeComment returns the rule comment of p: "ftpalg:<session>:<id>".
+// pinholeComment returns the rule comment of p: "ftpalg:<session>:<id>",
+// e.g. "ftpalg:s12:s12.p3". Typed IDs make it short and safe by
+// construction; the error is kept for the callers' sake.
 func pinholeComment(p rules.Pinhole) (string, error) {
-	if !commentPartRE.MatchString(p.Session) || !commentPartRE.MatchString(p.ID) {
-		return "", errors.New("session and pinhole IDs may contain only letters, digits and ._@/+=-")
+	if p.ID.IsZero() {
+		return "", errors.New("pinhole without ID")
 	}
-	c := commentPrefix + p.Session + ":" + p.ID
-	if len(c) > 255 {
-		return "", errors.New("session and pinhole IDs too long for a rule comment")
-	}
-	return c, nil
+	return commentPrefix + p.Session() + ":" + p.ID.String(), nil
 }
 
 // hostArg formats a for -s/-d the way iptables -S prints it.

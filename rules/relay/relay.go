@@ -84,9 +84,9 @@ type Backend struct {
 
 	mu        sync.Mutex // guards the fields below; never held while waiting
 	shutDown  bool
-	holes     map[string]*relayHole // pinholes still listening, by ID
+	holes     map[rules.PinholeID]*relayHole // pinholes still listening, by ID
 	transfers map[*relayTransfer]struct{}
-	waits     map[string]*relayWait // pinholes whose data connection is not settled yet
+	waits     map[rules.PinholeID]*relayWait // pinholes whose data connection is not settled yet
 }
 
 // relayWait tells Connected when the data connection of a pinhole reached
@@ -121,7 +121,7 @@ func (r *Backend) Connected(ctx context.Context, p rules.Pinhole) error {
 }
 
 // settle ends the wait of pinhole id with err.
-func (r *Backend) settle(id string, err error) {
+func (r *Backend) settle(id rules.PinholeID, err error) {
 	r.mu.Lock()
 	w := r.waits[id]
 	delete(r.waits, id)
@@ -159,9 +159,9 @@ func New(cfg Config) *Backend {
 		log:         cfg.Log,
 		dialTimeout: cfg.DialTimeout,
 		listen:      cfg.Listen,
-		holes:       make(map[string]*relayHole),
+		holes:       make(map[rules.PinholeID]*relayHole),
 		transfers:   make(map[*relayTransfer]struct{}),
-		waits:       make(map[string]*relayWait),
+		waits:       make(map[rules.PinholeID]*relayWait),
 	}
 	if r.log == nil {
 		r.log = slog.Default()
@@ -218,13 +218,13 @@ func (r *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	if p.TTL > 0 {
 		h.timer = time.AfterFunc(p.TTL, func() {
 			if r.retire(h) {
-				r.log.Info("relay pinhole expired unused", "session", p.Session, "pinhole", p.String(), "ttl", p.TTL)
+				r.log.Info("relay pinhole expired unused", "session", p.Session(), "pinhole", p.String(), "ttl", p.TTL)
 			}
 		})
 	}
 	r.wg.Add(1)
 	go r.acceptLoop(h)
-	r.log.Debug("pinhole opened", "session", p.Session, "pinhole", p.String(), "backend", "relay")
+	r.log.Debug("pinhole opened", "session", p.Session(), "pinhole", p.String(), "backend", "relay")
 	return nil
 }
 
@@ -242,7 +242,7 @@ func (r *Backend) Close(ctx context.Context, p rules.Pinhole) error {
 	case <-ctx.Done():
 		return fmt.Errorf("closing pinhole %v: %w", p, ctx.Err())
 	}
-	r.log.Debug("pinhole closed", "session", p.Session, "pinhole", p.String(), "backend", "relay")
+	r.log.Debug("pinhole closed", "session", p.Session(), "pinhole", p.String(), "backend", "relay")
 	return nil
 }
 
@@ -321,7 +321,7 @@ func (r *Backend) acceptLoop(h *relayHole) {
 	refused := 0
 	defer func() {
 		if refused > maxRefusalLogs {
-			r.log.Warn("relay refused connections", "session", p.Session, "pinhole", p.String(),
+			r.log.Warn("relay refused connections", "session", p.Session(), "pinhole", p.String(),
 				"refused", refused, "logged", maxRefusalLogs)
 		}
 	}()
@@ -336,7 +336,7 @@ func (r *Backend) acceptLoop(h *relayHole) {
 			// Like net/http: a transient failure (EMFILE, ECONNABORTED)
 			// must not kill the pinhole. Close or the TTL end the wait.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			r.log.Warn("relay accept failed", "session", p.Session, "pinhole", p.String(), "err", err, "retry_in", backoff)
+			r.log.Warn("relay accept failed", "session", p.Session(), "pinhole", p.String(), "err", err, "retry_in", backoff)
 			time.Sleep(backoff)
 			continue
 		}
@@ -345,7 +345,7 @@ func (r *Backend) acceptLoop(h *relayHole) {
 		if from.Addr() != p.Src {
 			refused++
 			if refused <= maxRefusalLogs {
-				r.log.Warn("relay refused connection", "session", p.Session, "pinhole", p.String(),
+				r.log.Warn("relay refused connection", "session", p.Session(), "pinhole", p.String(),
 					"from", from, "why", "source address is not the expected peer "+p.Src.String())
 			}
 			abort(c)
@@ -401,7 +401,7 @@ func (r *Backend) relay(t *relayTransfer) {
 	r.settle(p.ID, err)
 	if err != nil {
 		abort(t.peer)
-		r.log.Warn("relay dial failed", "session", p.Session, "pinhole", p.String(),
+		r.log.Warn("relay dial failed", "session", p.Session(), "pinhole", p.String(),
 			"peer", peer, "target", target, "err", err)
 		return
 	}
@@ -421,7 +421,7 @@ func (r *Backend) relay(t *relayTransfer) {
 	t.peer.Close()
 	conn.Close()
 
-	args := []any{"session", p.Session, "pinhole", p.String(), "peer", peer,
+	args := []any{"session", p.Session(), "pinhole", p.String(), "peer", peer,
 		"source", addrOf(conn.LocalAddr()), "target", target,
 		"bytes_to_target", up.n, "bytes_from_target", down.n,
 		"duration", time.Since(start).Round(time.Microsecond)}

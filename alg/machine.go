@@ -1,0 +1,500 @@
+package alg
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/ftpalg/ftpalg/alg/ftp"
+	"github.com/ftpalg/ftpalg/rules"
+)
+
+// Machine is the control-channel state machine of one FTP session. It does
+// no I/O and reads no clock: events go in (a command line, a reply, the
+// result of planning or opening a pinhole, a pinhole's first use, the time
+// passing), and decisions come out as Actions (forward a line, answer the
+// client, plan, open or close a pinhole, end the session). Every event
+// carries the time it happened.
+//
+// The Session is the I/O shell around a Machine; the capture inspector
+// (package alg/inspect) drives one over reassembled streams. So there is
+// one place that decides the policy.
+//
+// A Machine is not safe for concurrent use: the Session serialises its
+// calls.
+//
+// # Opening before forwarding
+//
+// An announcement is never forwarded before its pinhole is live. The
+// Machine answers an accepted PORT/EPRT (or 227/229 to its own PASV/EPSV)
+// with an ActPlan that carries an *Opening and nothing to forward. The
+// caller plans it (Planner) and reports the result with Planned, which
+// returns an ActOpen; the caller makes the pinhole live and reports Opened
+// (or OpenFailed). Only Opened returns the ActForward of the announcement,
+// rewritten; OpenFailed returns the 425 that replaces it. Several Openings
+// may be under way at once (a pipelined PORT while a 227 is being opened);
+// each goes through its own steps.
+type Machine struct {
+	id  uint64
+	ep  Endpoints
+	pol Policy
+	tls TLSPolicy
+
+	fifo     []pending // outstanding commands, oldest first
+	cur      *hole     // the announced, not yet used pinhole
+	live     map[rules.PinholeID]*hole
+	used     *hole // the pinhole of the transfer under way (after its 1xx)
+	nextN    uint32
+	loggedIn bool
+	start    time.Time
+	last     time.Time // the last line either way
+	auth     authState
+	ended    bool
+
+	syntaxErrs, refusals int
+}
+
+// pending is one outstanding command, or a reply ftpalg composed itself
+// that must reach the client after the replies to the commands before it.
+type pending struct {
+	verb  string
+	local []byte
+}
+
+type hole struct {
+	p        rules.Pinhole
+	release  func()
+	deadline time.Time
+}
+
+type authState uint8
+
+const (
+	authNone    authState = iota
+	authPending           // AUTH forwarded (passthrough), reply awaited
+	authBlind             // TLS from here: bytes relayed unread
+)
+
+// transferVerbs open a data connection.
+var transferVerbs = map[string]bool{
+	"RETR": true, "STOR": true, "STOU": true, "APPE": true,
+	"LIST": true, "NLST": true, "MLSD": true,
+}
+
+// NewMachine returns the machine of session id (it numbers the pinholes)
+// with endpoints ep under pol, started at now: the server's greeting is the
+// first reply it expects. pol must be valid (Policy.Validate).
+func NewMachine(id uint64, ep Endpoints, pol Policy, now time.Time) *Machine {
+	return &Machine{
+		id: id, ep: ep, pol: pol, tls: pol.TLSMode(),
+		fifo:  []pending{{verb: ""}},
+		live:  make(map[rules.PinholeID]*hole),
+		start: now, last: now,
+	}
+}
+
+// Peer is a side of the control session.
+type Peer uint8
+
+// The two peers.
+const (
+	Client Peer = iota + 1
+	Server
+)
+
+func (p Peer) String() string {
+	if p == Server {
+		return "server"
+	}
+	return "client"
+}
+
+// ActionKind says what an Action asks of the caller.
+type ActionKind uint8
+
+// The actions, in the order the caller must perform them.
+const (
+	// ActForward: write Line to To, in order with every other write to To.
+	ActForward ActionKind = iota + 1
+	// ActRefused: log the refusal Refusal of What (one line); the reply
+	// itself comes as an ActForward, now or after the replies owed before
+	// it.
+	ActRefused
+	// ActPlan: plan Opening (Planner) and report with Planned.
+	ActPlan
+	// ActOpen: make Pinhole live and report with Opened or OpenFailed.
+	ActOpen
+	// ActClose: close Pinhole (Reason for the log), then call Release
+	// when it is set and the close succeeded. Closing must not hold up
+	// the caller's reading: the Session queues it.
+	ActClose
+	// ActHoldClient: read nothing more from the client until the AUTH
+	// forwarded just before is answered (ActTLS).
+	ActHoldClient
+	// ActTLS: the AUTH was answered; Blind says the control channel is
+	// encrypted from here (TLS passthrough): relay bytes unread.
+	ActTLS
+	// ActEnd: end the session: write Line (the reply ending it) to the
+	// client at once, log Refusal of What, close both connections.
+	ActEnd
+	// ActError: log Err (an internal error: a planner broke the
+	// invariant) at error level.
+	ActError
+)
+
+// Action is one decision of the Machine. Which fields are set depends on
+// Kind.
+type Action struct {
+	Kind    ActionKind
+	To      Peer
+	Line    []byte
+	What    string
+	Refusal *Refusal
+	Opening *Opening
+	Pinhole rules.Pinhole
+	Release func()
+	Reason  string
+	Blind   bool
+	Err     error
+}
+
+// Opening is one announcement on its way to a live pinhole: see Machine.
+type Opening struct {
+	// Announcement is what to plan.
+	Announcement Announcement
+	// Plan is the planner's decision, once Planned accepted it.
+	Plan Plan
+
+	verb  string      // the command (active) or the one the reply answers
+	line  []byte      // active: the client's line
+	reply ftp.Reply   // passive: the server's reply
+	span  [2]int      // passive: the numbers in reply.Text()
+	hole  *hole       // once planned
+	prev  *hole       // the pinhole it replaces
+	state openingStep // guards the order of the steps
+}
+
+type openingStep uint8
+
+const (
+	stepPlan openingStep = iota
+	stepOpen
+	stepDone
+)
+
+// Full reports whether MaxPending commands (or composed replies) await
+// their replies: the caller reads no client line until one is answered.
+func (m *Machine) Full() bool { return len(m.fifo) >= m.pol.MaxPending }
+
+// Blind reports whether the control channel is encrypted (TLS
+// passthrough after a 234 to AUTH).
+func (m *Machine) Blind() bool { return m.auth == authBlind }
+
+// LoggedIn reports whether the server accepted a login (230).
+func (m *Machine) LoggedIn() bool { return m.loggedIn }
+
+// Head is the command the next final reply answers ("" for the greeting
+// or when nothing is outstanding).
+func (m *Machine) Head() string {
+	if len(m.fifo) == 0 {
+		return ""
+	}
+	return m.fifo[0].verb
+}
+
+// transferring reports whether a transfer command awaits its final reply.
+func (m *Machine) transferring() bool {
+	return slices.ContainsFunc(m.fifo, func(p pending) bool { return transferVerbs[p.verb] })
+}
+
+// Deadline is when Tick must next be called; zero when nothing is timed.
+func (m *Machine) Deadline() time.Time {
+	var d time.Time
+	earlier := func(t time.Time) {
+		if d.IsZero() || t.Before(d) {
+			d = t
+		}
+	}
+	for _, h := range m.live {
+		earlier(h.deadline)
+	}
+	if m.ended || m.auth == authBlind {
+		return d
+	}
+	if !m.loggedIn {
+		earlier(m.start.Add(m.pol.LoginTimeout))
+	}
+	if !m.transferring() {
+		earlier(m.last.Add(m.pol.IdleTimeout))
+	}
+	return d
+}
+
+// Tick tells the machine the time is now: pinholes past their TTL (or
+// their grace after first use) close, and a session past its login or
+// idle timeout ends.
+func (m *Machine) Tick(now time.Time) []Action {
+	var acts []Action
+	for _, h := range m.sortedLive() {
+		if !now.Before(h.deadline) {
+			acts = m.close(acts, h, "ttl")
+		}
+	}
+	if m.ended || m.auth == authBlind {
+		return acts
+	}
+	var what, reply string
+	switch {
+	case !m.loggedIn && now.Sub(m.start) >= m.pol.LoginTimeout:
+		what, reply = "login timeout", fmt.Sprintf("421 ftpalg: not logged in after %v; closing the connection", m.pol.LoginTimeout)
+	case now.Sub(m.last) >= m.pol.IdleTimeout && !m.transferring():
+		what, reply = "idle timeout", fmt.Sprintf("421 ftpalg: idle for %v; closing the connection", m.pol.IdleTimeout)
+	default:
+		return acts
+	}
+	why := fmt.Sprintf("%s after %v", what, now.Sub(m.start).Round(time.Millisecond))
+	return m.end(acts, what, &Refusal{Reply: reply, Why: why})
+}
+
+// End ends the session (a peer left, or the caller is shutting down): every
+// live pinhole closes with reason, and an Opening still under way closes
+// its pinhole when it reports.
+func (m *Machine) End(reason string) []Action {
+	m.ended = true
+	var acts []Action
+	for _, h := range m.sortedLive() {
+		acts = m.close(acts, h, reason)
+	}
+	return acts
+}
+
+// Ended reports whether the session ended (End, or an ActEnd).
+func (m *Machine) Ended() bool { return m.ended }
+
+// end ends the session with a reply to the client.
+func (m *Machine) end(acts []Action, what string, ref *Refusal) []Action {
+	m.ended = true
+	return append(acts, Action{Kind: ActEnd, What: what, Refusal: ref, Line: []byte(ref.Reply + "\r\n")})
+}
+
+// PinholeUsed tells the machine that the data connection of pinhole id was
+// seen (e.g. in conntrack): the pinhole closes at once.
+func (m *Machine) PinholeUsed(id rules.PinholeID) []Action {
+	if h := m.live[id]; h != nil {
+		return m.close(nil, h, "used")
+	}
+	return nil
+}
+
+// Live returns the pinholes open now, oldest first.
+func (m *Machine) Live() []rules.Pinhole {
+	var out []rules.Pinhole
+	for _, h := range m.sortedLive() {
+		out = append(out, h.p)
+	}
+	return out
+}
+
+func (m *Machine) sortedLive() []*hole {
+	hs := make([]*hole, 0, len(m.live))
+	for _, h := range m.live {
+		hs = append(hs, h)
+	}
+	slices.SortFunc(hs, func(a, b *hole) int { return int(a.p.ID.N) - int(b.p.ID.N) })
+	return hs
+}
+
+// close closes h once.
+func (m *Machine) close(acts []Action, h *hole, reason string) []Action {
+	if h == nil || m.live[h.p.ID] != h {
+		return acts
+	}
+	delete(m.live, h.p.ID)
+	if m.cur == h {
+		m.cur = nil
+	}
+	return append(acts, Action{Kind: ActClose, Pinhole: h.p, Release: h.release, Reason: reason})
+}
+
+func (m *Machine) closeCurrent(acts []Action, reason string) []Action {
+	return m.close(acts, m.cur, reason)
+}
+
+// refuse answers the client with ref (in FIFO order, after the replies to
+// the commands before it) and logs it. Too many refusals end the session.
+func (m *Machine) refuse(acts []Action, what string, ref *Refusal) []Action {
+	if m.refusals++; m.refusals > m.pol.MaxRefusals {
+		return m.end(acts, "too many refusals", &Refusal{
+			Reply: "421 ftpalg: too many refused commands; closing the connection",
+			Why:   fmt.Sprintf("%d lines refused in this session", m.refusals-1),
+		})
+	}
+	acts = append(acts, Action{Kind: ActRefused, What: what, Refusal: ref})
+	b := []byte(ref.Reply + "\r\n")
+	if len(m.fifo) > 0 {
+		m.fifo = append(m.fifo, pending{local: b})
+		return acts
+	}
+	return append(acts, Action{Kind: ActForward, To: Client, Line: b})
+}
+
+// ClientLine is one command line from the client, terminator included.
+func (m *Machine) ClientLine(now time.Time, line []byte) []Action {
+	if m.ended {
+		return nil
+	}
+	m.last = now
+	cmd, err := ftp.ParseCommand(line)
+	if err != nil {
+		m.syntaxErrs++
+		ref, end := RefuseSyntax(m.pol, line, err, m.syntaxErrs)
+		if end {
+			return m.end(nil, "garbage", ref)
+		}
+		return m.refuse(nil, "syntax", ref)
+	}
+	m.syntaxErrs = 0
+	var acts []Action
+	switch cmd.Verb {
+	case "LPRT", "LPSV", "AUTH":
+		if ref := CheckCommand(m.pol, cmd.Verb); ref != nil {
+			return m.refuse(nil, cmd.Verb, ref)
+		}
+		// Only AUTH under TLS passthrough gets here: its reply decides
+		// whether the client speaks TLS next.
+		m.auth = authPending
+		return append(m.forward(nil, cmd.Verb, line), Action{Kind: ActHoldClient})
+	case "PORT", "EPRT":
+		a, ref := CheckActive(m.ep, m.pol, cmd.Verb, cmd.Arg)
+		if ref != nil {
+			return m.refuse(nil, cmd.Verb, ref)
+		}
+		return m.plan(nil, &Opening{Announcement: a, verb: cmd.Verb, line: line})
+	case "REIN":
+		acts = m.closeCurrent(acts, "reinitialised")
+	}
+	return m.forward(acts, cmd.Verb, line)
+}
+
+// ClientError reports the error that stopped reading the client: an
+// over-long line or a NUL byte ends the session.
+func (m *Machine) ClientError(err error) []Action {
+	var ref *Refusal
+	var what string
+	switch {
+	case errorsIs(err, ftp.ErrLineTooLong):
+		ref, _ = RefuseLineTooLong(m.pol.MaxLine)
+		what = "line too long"
+	case errorsIs(err, ftp.ErrNUL):
+		ref, _ = RefuseNUL()
+		what = "NUL"
+	default:
+		return nil
+	}
+	return m.end(nil, what, ref)
+}
+
+// ServerError reports the error that stopped reading the server: a reply
+// that is not FTP (too long, NUL, syntax) ends the session.
+func (m *Machine) ServerError(err error) []Action {
+	if !errorsIs(err, ftp.ErrLineTooLong) && !errorsIs(err, ftp.ErrReplyTooLong) &&
+		!errorsIs(err, ftp.ErrNUL) && !errorsIs(err, ftp.ErrSyntax) {
+		return nil
+	}
+	ref, _ := RefuseServerReply(err)
+	return m.end(nil, "server reply", ref)
+}
+
+// forward queues verb in the FIFO and sends line to the server.
+func (m *Machine) forward(acts []Action, verb string, line []byte) []Action {
+	m.fifo = append(m.fifo, pending{verb: verb})
+	return append(acts, Action{Kind: ActForward, To: Server, Line: line})
+}
+
+// AwaitData returns the pinhole of the transfer that the final reply r
+// ends, when there is one, and forgets it. The Session asks before it
+// hands r to ServerReply, and holds r until a backend that carries the
+// data connection itself (the relay) has connected it.
+func (m *Machine) AwaitData(r ftp.Reply) (rules.Pinhole, bool) {
+	if r.Preliminary() || !transferVerbs[m.Head()] || m.used == nil {
+		return rules.Pinhole{}, false
+	}
+	h := m.used
+	m.used = nil
+	return h.p, true
+}
+
+// ServerReply is one complete reply from the server.
+func (m *Machine) ServerReply(now time.Time, r ftp.Reply) []Action {
+	if m.ended {
+		return nil
+	}
+	m.last = now
+	if r.Code == 230 {
+		m.loggedIn = true
+	}
+	verb := m.Head()
+	out := r.Bytes()
+	var acts []Action
+	var after []Action
+	switch {
+	case r.Preliminary() && transferVerbs[verb]:
+		// The transfer begins: its pinhole gets the grace period.
+		if h := m.cur; h != nil {
+			m.cur = nil
+			h.deadline = now.Add(m.pol.UseGrace)
+			m.used = h
+		}
+	case r.Code == 425 || r.Code == 426:
+		acts = m.closeCurrent(acts, "failed")
+		for _, h := range m.sortedLive() {
+			acts = m.close(acts, h, "failed")
+		}
+	case verb == "PASV" && r.Code == 227, verb == "EPSV" && r.Code == 229:
+		return m.passive(acts, verb, r)
+	case (verb == "PORT" || verb == "EPRT") && r.Code >= 400:
+		acts = m.closeCurrent(acts, "failed")
+	case verb == "REIN" && r.Code == 220:
+		acts = m.closeCurrent(acts, "reinitialised")
+	case verb == "FEAT" && r.Code == 211 && m.tls == TLSRefuse:
+		out = stripAuth(r)
+	case verb == "AUTH" && m.auth == authPending:
+		blind := r.Code == 234
+		m.auth = authNone
+		if blind {
+			m.auth = authBlind
+			acts = m.closeCurrent(acts, "blind")
+		}
+		after = append(after, Action{Kind: ActTLS, Blind: blind})
+	}
+	acts = m.reply(acts, out, !r.Preliminary())
+	return append(acts, after...)
+}
+
+// reply forwards out to the client; a final reply pops the command it
+// answers and releases the replies ftpalg composed for the commands right
+// after it.
+func (m *Machine) reply(acts []Action, out []byte, final bool) []Action {
+	acts = append(acts, Action{Kind: ActForward, To: Client, Line: out})
+	if !final {
+		return acts
+	}
+	if len(m.fifo) > 0 {
+		m.fifo = m.fifo[1:]
+	}
+	for len(m.fifo) > 0 && m.fifo[0].local != nil {
+		acts = append(acts, Action{Kind: ActForward, To: Client, Line: m.fifo[0].local})
+		m.fifo = m.fifo[1:]
+	}
+	return acts
+}
+
+// unmapEndpoints normalises ep: no IPv4-mapped IPv6, no zones.
+func unmapEndpoints(ep Endpoints) Endpoints {
+	return Endpoints{unmap(ep.Client), unmap(ep.Dialled), unmap(ep.Upstream), unmap(ep.Server)}
+}
+
+func unmap(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
+}
