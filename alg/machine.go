@@ -51,6 +51,7 @@ type Machine struct {
 	last     time.Time // the last line either way
 	auth     authState
 	ended    bool
+	mirror   bool // see SetMirror
 
 	syntaxErrs, refusals int
 }
@@ -76,6 +77,10 @@ const (
 	authBlind             // TLS from here: bytes relayed unread
 )
 
+// VerbInvalid stands for a line that is not a command in the FIFO of a
+// mirror (see SetMirror): servers answer it with 500.
+const VerbInvalid = "(invalid line)"
+
 // transferVerbs open a data connection.
 var transferVerbs = map[string]bool{
 	"RETR": true, "STOR": true, "STOU": true, "APPE": true,
@@ -93,6 +98,12 @@ func NewMachine(id uint64, ep Endpoints, pol Policy, now time.Time) *Machine {
 		start: now, last: now,
 	}
 }
+
+// SetMirror makes m decide over traffic that was not proxied (a capture):
+// every line reached its peer as it was, so a line m refuses still went to
+// the server and gets its reply, no composed reply is queued, and an ActEnd
+// does not end the machine. The decisions are the same as the proxy's.
+func (m *Machine) SetMirror() { m.mirror = true }
 
 // Peer is a side of the control session.
 type Peer uint8
@@ -274,7 +285,7 @@ func (m *Machine) Ended() bool { return m.ended }
 
 // end ends the session with a reply to the client.
 func (m *Machine) end(acts []Action, what string, ref *Refusal) []Action {
-	m.ended = true
+	m.ended = !m.mirror
 	return append(acts, Action{Kind: ActEnd, What: what, Refusal: ref, Line: []byte(ref.Reply + "\r\n")})
 }
 
@@ -323,7 +334,12 @@ func (m *Machine) closeCurrent(acts []Action, reason string) []Action {
 
 // refuse answers the client with ref (in FIFO order, after the replies to
 // the commands before it) and logs it. Too many refusals end the session.
-func (m *Machine) refuse(acts []Action, what string, ref *Refusal) []Action {
+// verb is the refused command's ("(invalid line)" for a line that is not
+// one): in a mirror it went to the server.
+func (m *Machine) refuse(acts []Action, verb, what string, ref *Refusal) []Action {
+	if m.mirror {
+		m.fifo = append(m.fifo, pending{verb: verb})
+	}
 	if m.refusals++; m.refusals > m.pol.MaxRefusals {
 		return m.end(acts, "too many refusals", &Refusal{
 			Reply: "421 ftpalg: too many refused commands; closing the connection",
@@ -331,6 +347,9 @@ func (m *Machine) refuse(acts []Action, what string, ref *Refusal) []Action {
 		})
 	}
 	acts = append(acts, Action{Kind: ActRefused, What: what, Refusal: ref})
+	if m.mirror {
+		return acts
+	}
 	b := []byte(ref.Reply + "\r\n")
 	if len(m.fifo) > 0 {
 		m.fifo = append(m.fifo, pending{local: b})
@@ -352,14 +371,17 @@ func (m *Machine) ClientLine(now time.Time, line []byte) []Action {
 		if end {
 			return m.end(nil, "garbage", ref)
 		}
-		return m.refuse(nil, "syntax", ref)
+		return m.refuse(nil, VerbInvalid, "syntax", ref)
 	}
 	m.syntaxErrs = 0
 	var acts []Action
 	switch cmd.Verb {
 	case "LPRT", "LPSV", "AUTH":
 		if ref := CheckCommand(m.pol, cmd.Verb); ref != nil {
-			return m.refuse(nil, cmd.Verb, ref)
+			if cmd.Verb == "AUTH" && m.mirror {
+				m.auth = authPending // its 234 still turns the capture blind
+			}
+			return m.refuse(nil, cmd.Verb, cmd.Verb, ref)
 		}
 		// Only AUTH under TLS passthrough gets here: its reply decides
 		// whether the client speaks TLS next.
@@ -368,7 +390,7 @@ func (m *Machine) ClientLine(now time.Time, line []byte) []Action {
 	case "PORT", "EPRT":
 		a, ref := CheckActive(m.ep, m.pol, cmd.Verb, cmd.Arg)
 		if ref != nil {
-			return m.refuse(nil, cmd.Verb, ref)
+			return m.refuse(nil, cmd.Verb, cmd.Verb, ref)
 		}
 		return m.plan(nil, &Opening{Announcement: a, verb: cmd.Verb, line: line})
 	case "REIN":

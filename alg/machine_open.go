@@ -116,7 +116,7 @@ func (m *Machine) refuseOpening(acts []Action, op *Opening, ref *Refusal) []Acti
 	if op.Announcement.Kind.Passive() {
 		return m.refusePassive(acts, op.verb, ref)
 	}
-	return m.refuse(acts, op.verb, ref)
+	return m.refuse(acts, op.verb, op.verb, ref)
 }
 
 // rewrite returns op's line with the planned endpoint in place of the
