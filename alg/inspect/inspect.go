@@ -109,6 +109,7 @@ func Inspect(ctx context.Context, r io.Reader, opts Options) (*Report, error) {
 		planner:  &nat.Gateway{Pool: pool},
 		ctrl:     make(map[uint16]bool),
 		expected: make(map[netip.AddrPort][]annRef),
+		syns:     make(map[[2]netip.AddrPort]annRef),
 		conns:    make(map[[2]netip.AddrPort]*stream),
 		badLinks: make(map[layers.LinkType]bool),
 		rep: &Report{
@@ -144,6 +145,9 @@ type inspector struct {
 	// connection to it would use.
 	expected  map[netip.AddrPort][]annRef
 	nexpected int
+	// syns holds the data connections whose SYN was seen, by (from, to),
+	// until their SYN-ACK shows them accepted.
+	syns map[[2]netip.AddrPort]annRef
 	// conns finds the stream of a live control connection.
 	conns      map[[2]netip.AddrPort]*stream
 	fragments  int
@@ -298,8 +302,11 @@ func (ins *inspector) packet(asm *reassembly.Assembler, data []byte, ci gopacket
 	}
 	sp, dp := uint16(tcp.SrcPort), uint16(tcp.DstPort)
 	if !ins.ctrl[sp] && !ins.ctrl[dp] {
-		if tcp.SYN && !tcp.ACK {
+		switch {
+		case tcp.SYN && !tcp.ACK:
 			ins.dataSYN(ci.Timestamp, netip.AddrPortFrom(src, sp), netip.AddrPortFrom(dst, dp))
+		case tcp.SYN && tcp.ACK:
+			ins.dataSYNACK(netip.AddrPortFrom(src, sp), netip.AddrPortFrom(dst, dp))
 		}
 		return
 	}
@@ -341,9 +348,14 @@ func (ins *inspector) expect(ap netip.AddrPort, r annRef) {
 	ins.expected[ap] = append(ins.expected[ap], r)
 }
 
-// dataSYN marks the latest unused announcement of to, made before t by a
-// session whose expected peer is from, as used.
+// dataSYN records that from tried to open a data connection to to, for the
+// latest unused announcement of to, made before t by a session whose
+// expected peer is from. It is used once its SYN-ACK shows it accepted
+// (dataSYNACK): a SYN that a firewall dropped did not use the pinhole.
 func (ins *inspector) dataSYN(t time.Time, from, to netip.AddrPort) {
+	if _, ok := ins.syns[[2]netip.AddrPort{from, to}]; ok {
+		return // retransmitted
+	}
 	list := ins.expected[to]
 	for i := len(list) - 1; i >= 0; i-- {
 		r := list[i]
@@ -351,11 +363,13 @@ func (ins *inspector) dataSYN(t time.Time, from, to netip.AddrPort) {
 			continue
 		}
 		a := &r.s.rep.Announcements[r.idx]
-		if a.Used {
+		if a.Data != nil {
 			continue
 		}
-		a.Used = true
 		a.Data = &DataConn{Time: t, From: from, To: to}
+		if len(ins.syns) < maxExpected {
+			ins.syns[[2]netip.AddrPort{from, to}] = r
+		}
 		ins.expected[to] = slices.Delete(list, i, i+1)
 		if len(ins.expected[to]) == 0 {
 			delete(ins.expected, to)
@@ -365,3 +379,15 @@ func (ins *inspector) dataSYN(t time.Time, from, to netip.AddrPort) {
 }
 
 // --- reassembly ---
+
+// dataSYNACK marks the announcement whose data connection from -> to (the
+// SYN's direction) was accepted as used: to answered with a SYN-ACK.
+func (ins *inspector) dataSYNACK(to, from netip.AddrPort) {
+	k := [2]netip.AddrPort{from, to}
+	r, ok := ins.syns[k]
+	if !ok {
+		return
+	}
+	delete(ins.syns, k)
+	r.s.rep.Announcements[r.idx].Used = true
+}

@@ -150,7 +150,7 @@ func TestPassiveSession(t *testing.T) {
 	}
 	check(t, "timeline", timeline(s), passiveTimeline)
 	check(t, "findings", findings(s), passiveFindings)
-	if rep.Format != "pcap" || rep.Packets != 19 || len(rep.Warnings) != 0 {
+	if rep.Format != "pcap" || rep.Packets != 20 || len(rep.Warnings) != 0 {
 		t.Errorf("format %s, %d packets, warnings %q", rep.Format, rep.Packets, rep.Warnings)
 	}
 }

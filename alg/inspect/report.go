@@ -94,8 +94,13 @@ type Announcement struct {
 	// differs from the announced one.
 	Rewritten netip.AddrPort `json:"rewritten,omitzero"`
 	// Used reports whether the capture shows a data connection to the
-	// announced endpoint after the announcement.
-	Used bool      `json:"used"`
+	// announced endpoint after the announcement, accepted: its SYN and the
+	// SYN-ACK answering it.
+	Used bool `json:"used"`
+	// Data is the first data connection attempted to the announced
+	// endpoint (its SYN). Used false with Data set: it was never
+	// accepted (dropped by a firewall, refused, or the SYN-ACK is not in
+	// the capture).
 	Data *DataConn `json:"data,omitempty"`
 }
 

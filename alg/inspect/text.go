@@ -89,9 +89,13 @@ func writeSession(b *bufio.Writer, s *Session) {
 		} else {
 			b.WriteString("refused")
 		}
-		if a.Data != nil {
+		switch {
+		case a.Data != nil && a.Used:
 			fmt.Fprintf(b, "; used at %s by %s -> %s", a.Data.Time.UTC().Format(clock), a.Data.From, a.Data.To)
-		} else {
+		case a.Data != nil:
+			fmt.Fprintf(b, "; not used: %s -> %s tried at %s, never accepted (no SYN-ACK)",
+				a.Data.From, a.Data.To, a.Data.Time.UTC().Format(clock))
+		default:
 			b.WriteString("; no data connection seen")
 		}
 		b.WriteByte('\n')

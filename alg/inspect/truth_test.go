@@ -1,0 +1,47 @@
+package inspect
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// TestDroppedDataConnectionNotUsed: a data connection whose SYN was never
+// answered (a firewall dropped it) did not use the pinhole; one answered
+// later to the same endpoint did.
+func TestDroppedDataConnectionNotUsed(t *testing.T) {
+	b := newCapture(t)
+	c := b.open(cli, srv)
+	c.S("220 ready")
+	c.C("PASV")
+	c.S("227 Entering Passive Mode (203,0,113,2,195,80).")
+	b.dataSYNOnly("192.0.2.1:51000", "203.0.113.2:50000")
+	b.dataSYNOnly("192.0.2.1:51000", "203.0.113.2:50000") // retransmitted, still unanswered
+	c.C("LIST")
+	c.S("425 Failed to establish connection.")
+	c.C("EPSV")
+	c.S("229 Entering Extended Passive Mode (|||50001|)")
+	b.dataSYN("192.0.2.1:51001", "203.0.113.2:50001")
+	c.C("LIST")
+	c.S("150 Here comes the directory listing.")
+	c.S("226 Directory send OK.")
+	c.close()
+	rep := inspectBytes(t, b.pcap(), Options{})
+	s := oneSession(t, rep)
+	if len(s.Announcements) != 2 {
+		t.Fatalf("announcements %v", findings(s))
+	}
+	if a := s.Announcements[0]; a.Used || a.Data == nil || a.Data.From.String() != "192.0.2.1:51000" {
+		t.Errorf("dropped data connection: used=%v data=%+v, want tried and not used", a.Used, a.Data)
+	}
+	if a := s.Announcements[1]; !a.Used {
+		t.Errorf("accepted data connection not used: %+v", a)
+	}
+	var txt bytes.Buffer
+	if err := rep.WriteText(&txt); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(txt.String(), "not used: 192.0.2.1:51000 -> 203.0.113.2:50000 tried at") {
+		t.Errorf("text report does not say the dropped connection was not used:\n%s", txt.String())
+	}
+}
