@@ -39,7 +39,8 @@ type Session struct {
 	Server netip.AddrPort `json:"server"`
 	Start  time.Time      `json:"start"`
 	End    time.Time      `json:"end"`
-	// State is how the capture leaves the session: "closed" (FIN), "reset"
+	// State is how the capture leaves the session: "closed" (FIN from both
+	// sides, or from one after the server's 221 or 421), "reset"
 	// (RST), "open" (the capture ends first), "encrypted" (after AUTH) or
 	// "truncated" (the capture's snap length cut a segment).
 	State         string         `json:"state"`

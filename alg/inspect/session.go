@@ -44,6 +44,7 @@ type sess struct {
 	syn        bool // the capture shows the connection's start
 	closed     [2]bool
 	fins       int
+	goodbye    bool // the server said goodbye (221, 421): no more replies
 	reset      bool
 	cli, srv   pump
 }
@@ -205,7 +206,10 @@ func (s *sess) finish(t time.Time) {
 	case s.rep.State != "open":
 	case s.reset:
 		s.rep.State = "reset"
-	case s.fins == 2:
+	case s.fins == 2, s.fins == 1 && s.goodbye:
+		// Both sides finished; or one did after the server's goodbye
+		// and the capture missed the other FIN (it ended, or dropped
+		// it): the session is over either way.
 		s.rep.State = "closed"
 	}
 }

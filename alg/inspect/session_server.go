@@ -55,6 +55,9 @@ func (s *sess) serverError(err error, buffered int) bool {
 }
 
 func (s *sess) reply(t time.Time, r ftp.Reply) {
+	if r.Code == 221 || r.Code == 421 {
+		s.goodbye = true
+	}
 	passiveCode := r.Code == 227 || r.Code == 229
 	if s.uncertain && passiveCode {
 		// Resynchronise on the PASV/EPSV this reply most likely answers.

@@ -45,3 +45,33 @@ func TestDroppedDataConnectionNotUsed(t *testing.T) {
 		t.Errorf("text report does not say the dropped connection was not used:\n%s", txt.String())
 	}
 }
+
+// TestClosedAfterGoodbye: a session that ended (QUIT, 221, the server's
+// FIN) is closed even when the capture lacks the client's FIN; one that
+// just stops is still open.
+func TestClosedAfterGoodbye(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		goodbye bool
+		want    string
+	}{{"goodbye", true, "closed"}, {"no goodbye", false, "open"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newCapture(t)
+			c := b.open(cli, srv)
+			c.S("220 ready")
+			c.C("QUIT")
+			if tc.goodbye {
+				c.S("221 Goodbye.")
+			} else {
+				c.S("200 not yet")
+			}
+			// Only the server's FIN is in the capture.
+			from, to, seq, ack := c.ends(false)
+			b.add(seg{from: from, to: to, seq: *seq, ack: *ack, ackf: true, fin: true})
+			s := oneSession(t, inspectBytes(t, b.pcap(), Options{}))
+			if s.State != tc.want {
+				t.Errorf("state %q, want %q", s.State, tc.want)
+			}
+		})
+	}
+}
