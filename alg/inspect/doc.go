@@ -26,6 +26,9 @@
 // ftp.ReplyReader, and replies are paired with commands by a FIFO (the
 // greeting answers the connection, 1xx replies are preliminary, only a
 // final 227/229 answering a PASV/EPSV is an announcement).
+// TestTranscriptsSameDecisions replays the recorded transcripts through
+// both alg.Machine (the proxy's core, in mirror mode) and this package and
+// requires the same decision for every line.
 //
 // Damaged captures do not stop the inspection:
 //   - A hole in a stream (segments missing from the capture) is given up as
@@ -74,6 +77,7 @@
 //	    "server": "203.0.113.2:21",
 //	    "start": "...", "end": "...", // first and last packet seen
 //	    "state": "closed" | "reset" | "open" | "encrypted" | "truncated",
+//	    "linked": "s2", "leg": "client" | "server", // the other leg of one proxied session (omitted when none)
 //	    "events": [{
 //	      "time": "...",
 //	      "dir": "client" | "server", // who sent it
@@ -102,8 +106,8 @@
 //	        "rule": "s1.p1 tcp 192.0.2.1 -> 203.0.113.2:40000 snat 192.0.2.1"
 //	      },
 //	      "rewritten": "ip:port",     // what ftpalg would announce instead (omitted if unchanged)
-//	      "used": true,               // a data connection to it was seen
-//	      "data": {"time": "...", "from": "ip:port", "to": "ip:port"} // when used
+//	      "used": true,               // a data connection to it was seen accepted (SYN, SYN-ACK)
+//	      "data": {"time": "...", "from": "ip:port", "to": "ip:port"} // its SYN; set and used false: never accepted
 //	    }],
 //	    "violations": [{
 //	      "time": "...",

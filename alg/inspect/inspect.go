@@ -200,6 +200,7 @@ func (ins *inspector) run(ctx context.Context, src source) error {
 		}
 	}
 	slices.SortStableFunc(ins.rep.Sessions, func(a, b *Session) int { return a.Start.Compare(b.Start) })
+	linkLegs(ins.rep.Sessions)
 	if ins.overBudget {
 		ins.warn("the report reached its size limit; later events were not recorded (see dropped_events)")
 	}

@@ -43,7 +43,12 @@ type Session struct {
 	// sides, or from one after the server's 221 or 421), "reset"
 	// (RST), "open" (the capture ends first), "encrypted" (after AUTH) or
 	// "truncated" (the capture's snap length cut a segment).
-	State         string         `json:"state"`
+	State string `json:"state"`
+	// Linked is the ID of the other leg of the same proxied session, when
+	// the capture holds both (taken on the gateway); Leg says which leg
+	// this is: LegClient or LegServer.
+	Linked        string         `json:"linked,omitempty"`
+	Leg           string         `json:"leg,omitempty"`
 	Events        []Event        `json:"events"`
 	Announcements []Announcement `json:"announcements"`
 	Violations    []Violation    `json:"violations"`

@@ -44,6 +44,10 @@ func (r *Report) WriteText(w io.Writer) error {
 func writeSession(b *bufio.Writer, s *Session) {
 	fmt.Fprintf(b, "\nsession %s  client %s  server %s  %s .. %s  %s\n", s.ID, s.Client, s.Server,
 		s.Start.UTC().Format(stamp), s.End.UTC().Format(clock), s.State)
+	if s.Linked != "" {
+		other := map[string]string{LegClient: "ftpalg's connection to the server", LegServer: "the client's connection"}[s.Leg]
+		fmt.Fprintf(b, "  one proxied session with %s: %s\n", s.Linked, other)
+	}
 	for _, e := range s.Events {
 		who := "C"
 		if e.Dir == DirServer {

@@ -75,3 +75,48 @@ func TestClosedAfterGoodbye(t *testing.T) {
 		})
 	}
 }
+
+// TestLinkedLegs: a capture on the gateway holds the client's intercepted
+// connection and ftpalg's own connection to the same server; they are one
+// session's two legs. An unrelated session to the same server is not
+// linked.
+func TestLinkedLegs(t *testing.T) {
+	b := newCapture(t)
+	in := b.open("192.0.2.1:40312", "203.0.113.2:21")
+	out := b.open("203.0.113.1:41000", "203.0.113.2:21")
+	other := b.open("192.0.2.9:40400", "203.0.113.2:21")
+	for _, c := range []*tcpConn{out, in} {
+		c.S("220 ready")
+	}
+	other.S("220 ready")
+	in.C("USER anonymous")
+	out.C("USER anonymous")
+	other.C("USER bob")
+	for _, c := range []*tcpConn{out, in, other} {
+		c.S("331 password")
+	}
+	in.C("PORT 192,0,2,1,195,80")
+	out.C("PORT 203,0,113,1,156,64") // rewritten by ftpalg
+	in.C("PASS x")
+	out.C("PASS x")
+	other.C("PASS y")
+	rep := inspectBytes(t, b.pcap(), Options{})
+	if len(rep.Sessions) != 3 {
+		t.Fatalf("%d sessions", len(rep.Sessions))
+	}
+	got := ""
+	for _, s := range rep.Sessions {
+		got += s.ID + ":" + s.Client.String() + ":" + s.Leg + ":" + s.Linked + " "
+	}
+	want := "s1:192.0.2.1:40312:client:s2 s2:203.0.113.1:41000:server:s1 s3:192.0.2.9:40400:: "
+	if got != want {
+		t.Errorf("legs %q, want %q", got, want)
+	}
+	var txt bytes.Buffer
+	if err := rep.WriteText(&txt); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(txt.String(), "one proxied session with s2: ftpalg's connection to the server") {
+		t.Errorf("text report does not link the legs:\n%s", txt.String())
+	}
+}
