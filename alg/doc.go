@@ -33,14 +33,15 @@
 // Backend (rules.Backend) makes it live; the context of an Open carries
 // Policy.OpenTimeout to the backend.
 //
-// The capture inspector (alg/inspect) uses the same codec and the same
-// checks (CheckActive, CheckPassive, CheckCommand, the Refuse functions) and
-// the gateway planner; it still pairs replies with commands itself (it
-// must also cope with captures that start mid-session or miss segments).
-// TestTranscriptsSameDecisions in alg/inspect replays the recorded
-// transcripts through the Machine in mirror mode (SetMirror: decisions over
-// traffic that was not proxied) and through inspect, and requires the same
-// decision for every line, so the two cannot drift apart unnoticed.
+// The capture inspector (alg/inspect) drives a Machine of its own per
+// control session over the reassembled streams, in mirror mode (SetMirror:
+// the lines reached their peers whatever ftpalg would have done), with the
+// same planner: the policy the daemon enforces and the one inspect reports
+// are decided in one place. Captures that start mid-session or miss
+// segments resynchronise the Machine's FIFO (Midstream, Resync,
+// DropOldest). TestTranscriptsSameDecisions in alg/inspect replays the
+// recorded transcripts through a Machine and through inspect and requires
+// the same decision for every line.
 //
 // Pinholes are named by rules.PinholeID{Session, N}, built only by the
 // Machine. Proxy.PinholeUsed routes a first use (seen by conntrack) to its
@@ -54,7 +55,7 @@
 //	nat        announcement + session endpoints -> rewritten endpoint + rules.Pinhole (port pool)
 //	rules      Pinhole, PinholeID, Backend; backends beneath: rules/iptables, rules/relay (rules/nftables)
 //	conntrack  kernel conntrack events -> PinholeUsed (first use) and transfer lines (flow end)
-//	alg/inspect a capture -> reassembled streams -> the same codec, checks and planner -> report
+//	alg/inspect a capture -> reassembled streams -> a mirror Machine per session -> report
 //	cmd/ftpalg flags -> wiring: Proxy + planner + backend + conntrack Observer
 //
 // Nothing in alg or alg/ftp knows about iptables, nftables or netlink.

@@ -101,9 +101,43 @@ func NewMachine(id uint64, ep Endpoints, pol Policy, now time.Time) *Machine {
 
 // SetMirror makes m decide over traffic that was not proxied (a capture):
 // every line reached its peer as it was, so a line m refuses still went to
-// the server and gets its reply, no composed reply is queued, and an ActEnd
-// does not end the machine. The decisions are the same as the proxy's.
+// the server and gets its reply, no composed reply is queued, an ActEnd
+// does not end the machine, and MaxRefusals does not apply (every refusal
+// is reported). The decisions are the same as the proxy's.
 func (m *Machine) SetMirror() { m.mirror = true }
+
+// SetID numbers the session, for the pinholes planned from now on (a
+// capture names its sessions once they show payload).
+func (m *Machine) SetID(id uint64) { m.id = id }
+
+// The mirror's resynchronisation, for captures that start in the middle
+// of a session or miss segments (see alg/inspect).
+
+// Midstream forgets the greeting the machine expects first: the capture
+// does not show the connection's start.
+func (m *Machine) Midstream() { m.fifo = nil }
+
+// Pending is the number of commands (and composed replies) awaiting replies.
+func (m *Machine) Pending() int { return len(m.fifo) }
+
+// DropOldest forgets the oldest outstanding command.
+func (m *Machine) DropOldest() {
+	if len(m.fifo) > 0 {
+		m.fifo = m.fifo[1:]
+	}
+}
+
+// Resync drops the outstanding commands before the oldest verb, when one
+// is outstanding: a reply only verb gets (227 to PASV) shows where the
+// server is.
+func (m *Machine) Resync(verb string) {
+	for i, p := range m.fifo {
+		if p.verb == verb {
+			m.fifo = m.fifo[i:]
+			return
+		}
+	}
+}
 
 // Peer is a side of the control session.
 type Peer uint8
@@ -338,7 +372,9 @@ func (m *Machine) closeCurrent(acts []Action, reason string) []Action {
 // one): in a mirror it went to the server.
 func (m *Machine) refuse(acts []Action, verb, what string, ref *Refusal) []Action {
 	if m.mirror {
+		// Every refusal is reported: the capture goes on regardless.
 		m.fifo = append(m.fifo, pending{verb: verb})
+		return append(acts, Action{Kind: ActRefused, What: what, Refusal: ref})
 	}
 	if m.refusals++; m.refusals > m.pol.MaxRefusals {
 		return m.end(acts, "too many refusals", &Refusal{
@@ -347,9 +383,6 @@ func (m *Machine) refuse(acts []Action, verb, what string, ref *Refusal) []Actio
 		})
 	}
 	acts = append(acts, Action{Kind: ActRefused, What: what, Refusal: ref})
-	if m.mirror {
-		return acts
-	}
 	b := []byte(ref.Reply + "\r\n")
 	if len(m.fifo) > 0 {
 		m.fifo = append(m.fifo, pending{local: b})

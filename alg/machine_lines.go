@@ -20,6 +20,11 @@ func (m *Machine) ClientLine(now time.Time, line []byte) []Action {
 		m.syntaxErrs++
 		ref, end := RefuseSyntax(m.pol, line, err, m.syntaxErrs)
 		if end {
+			if m.mirror && !Binary(line) {
+				// The server answers it (binary junk may split into
+				// any number of lines and get any number of replies).
+				m.fifo = append(m.fifo, pending{verb: VerbInvalid})
+			}
 			return m.end(nil, "garbage", ref)
 		}
 		return m.refuse(nil, VerbInvalid, "syntax", ref)
@@ -64,6 +69,9 @@ func (m *Machine) ClientError(err error) []Action {
 		what = "NUL"
 	default:
 		return nil
+	}
+	if m.mirror {
+		m.fifo = append(m.fifo, pending{verb: VerbInvalid}) // the server answers it somehow
 	}
 	return m.end(nil, what, ref)
 }

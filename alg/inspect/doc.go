@@ -23,12 +23,16 @@
 // is not noticed). The two byte streams of each
 // connection then go through the codec exactly as in alg.Session: client
 // bytes through ftp.LineReader and ftp.ParseCommand, server bytes through
-// ftp.ReplyReader, and replies are paired with commands by a FIFO (the
-// greeting answers the connection, 1xx replies are preliminary, only a
-// final 227/229 answering a PASV/EPSV is an announcement).
-// TestTranscriptsSameDecisions replays the recorded transcripts through
-// both alg.Machine (the proxy's core, in mirror mode) and this package and
-// requires the same decision for every line.
+// ftp.ReplyReader, and every line goes to the session's alg.Machine, the
+// proxy's own control-channel state machine, in mirror mode (the lines
+// reached their peers whatever ftpalg would have done): it pairs replies
+// with commands (the greeting answers the connection, 1xx replies are
+// preliminary, only a final 227/229 answering a PASV/EPSV is an
+// announcement), refuses what ftpalg refuses and plans the pinholes; this
+// package names its decisions for the report.
+// TestTranscriptsSameDecisions replays the recorded transcripts through a
+// Machine and through this package and requires the same decision for
+// every line.
 //
 // Damaged captures do not stop the inspection:
 //   - A hole in a stream (segments missing from the capture) is given up as

@@ -13,8 +13,7 @@ import (
 
 // Pseudo-verbs in the FIFO of outstanding commands.
 const (
-	verbConnect = "connect"        // the greeting answers the connection
-	verbInvalid = "(invalid line)" // a line that is not a command; servers answer 500
+	verbConnect = "connect" // the greeting answers the connection
 )
 
 // maxFIFO bounds the commands awaiting a reply in one session. A real
@@ -31,22 +30,21 @@ type sess struct {
 	ep  alg.Endpoints
 	pol alg.Policy
 
-	// fifo holds the verbs of the commands not yet answered (finally).
-	fifo []string
+	// m decides, as in alg.Session: a mirror (the capture's lines all
+	// reached their peers), which pairs replies with commands.
+	m *alg.Machine
 	// uncertain: commands or replies may be missing (capture started in the
 	// middle of the session, or a gap), so an unpaired reply proves nothing.
-	uncertain  bool
-	syntaxErrs int
-	blind      bool // encrypted after AUTH, or given up (truncated)
-	finished   bool
-	nextPH     int
-	payload    int  // bytes of payload seen
-	syn        bool // the capture shows the connection's start
-	closed     [2]bool
-	fins       int
-	goodbye    bool // the server said goodbye (221, 421): no more replies
-	reset      bool
-	cli, srv   pump
+	uncertain bool
+	blind     bool // encrypted after AUTH, or given up (truncated)
+	finished  bool
+	payload   int  // bytes of payload seen
+	syn       bool // the capture shows the connection's start
+	closed    [2]bool
+	fins      int
+	goodbye   bool // the server said goodbye (221, 421): no more replies
+	reset     bool
+	cli, srv  pump
 }
 
 func newSess(ins *inspector, client, server netip.AddrPort, t time.Time, syn bool) *sess {
@@ -61,9 +59,10 @@ func newSess(ins *inspector, client, server netip.AddrPort, t time.Time, syn boo
 		pol: ins.pol,
 		syn: syn,
 	}
-	if syn {
-		s.fifo = []string{verbConnect}
-	} else {
+	s.m = alg.NewMachine(0, s.ep, s.pol, t)
+	s.m.SetMirror()
+	if !syn {
+		s.m.Midstream()
 		s.uncertain = true
 	}
 	s.cli = pump{loop: s.clientLoop, lineStart: commandStart,

@@ -35,28 +35,33 @@ func (s *sess) clientError(err error, buffered int) {
 			Line: fmt.Sprintf("the stream ends inside a command line (%d bytes)", buffered)})
 	case errors.Is(err, ftp.ErrLineTooLong):
 		s.event(Event{Time: t, Dir: DirClient, Kind: "invalid", Line: err.Error()})
-		ref, end := alg.RefuseLineTooLong(s.pol.MaxLine)
+		ref, end := refusalIn(s.m.ClientError(err))
 		s.violate(t, DirClient, "line-too-long", ref.Why, ref.Reply, end)
 		// The server answers the line somehow, perhaps more than once.
-		s.push(verbInvalid)
 		s.uncertain = true
 	case errors.Is(err, ftp.ErrNUL):
 		s.event(Event{Time: t, Dir: DirClient, Kind: "invalid", Line: err.Error()})
-		ref, end := alg.RefuseNUL()
+		ref, end := refusalIn(s.m.ClientError(err))
 		s.violate(t, DirClient, "nul", ref.Why, ref.Reply, end)
-		s.push(verbInvalid)
 		s.uncertain = true
 	default:
 		s.event(Event{Time: t, Dir: DirClient, Kind: "invalid", Line: err.Error()})
 	}
 }
 
+// command hands a command line to the session's Machine (a mirror: the
+// server got the line whatever ftpalg would do) and records what it
+// decides, in the report's terms.
 func (s *sess) command(t time.Time, line []byte) {
+	if s.m.Pending() >= maxFIFO {
+		s.m.DropOldest()
+		s.uncertain = true
+	}
 	cmd, err := ftp.ParseCommand(line)
+	acts := s.m.ClientLine(t, line)
+	ref, end := refusalIn(acts)
 	if err != nil {
-		s.syntaxErrs++
 		s.event(Event{Time: t, Dir: DirClient, Kind: "invalid", Line: quoteLine(line)})
-		ref, end := alg.RefuseSyntax(s.pol, line, err, s.syntaxErrs)
 		what := "syntax"
 		if end {
 			what = "garbage"
@@ -66,14 +71,11 @@ func (s *sess) command(t time.Time, line []byte) {
 			// Binary junk may split into any number of "lines" and
 			// get any number of replies.
 			s.uncertain = true
-		} else {
-			s.push(verbInvalid)
 		}
 		return
 	}
-	s.syntaxErrs = 0
 	ev := Event{Time: t, Dir: DirClient, Kind: "command", Line: clip(cmd.String())}
-	if ref := alg.CheckCommand(s.pol, cmd.Verb); ref != nil {
+	if ref != nil && (cmd.Verb == "LPRT" || cmd.Verb == "LPSV" || cmd.Verb == "AUTH") {
 		what := "long-address"
 		ev.Note = "ftpalg refuses it"
 		if cmd.Verb == "AUTH" {
@@ -84,22 +86,27 @@ func (s *sess) command(t time.Time, line []byte) {
 	}
 	s.event(ev)
 	if cmd.Verb == "PORT" || cmd.Verb == "EPRT" {
-		s.active(t, cmd, clip(strings.TrimRight(string(line), "\r\n")))
+		s.active(t, cmd, clip(strings.TrimRight(string(line), "\r\n")), acts, ref)
 	}
-	s.push(cmd.Verb)
 }
 
-func (s *sess) push(verb string) {
-	if len(s.fifo) >= maxFIFO {
-		s.fifo = s.fifo[1:]
-		s.uncertain = true
+// refusalIn returns the refusal among acts, and whether it ends the
+// session.
+func refusalIn(acts []alg.Action) (*alg.Refusal, bool) {
+	for _, a := range acts {
+		switch a.Kind {
+		case alg.ActRefused:
+			return a.Refusal, false
+		case alg.ActEnd:
+			return a.Refusal, true
+		}
 	}
-	s.fifo = append(s.fifo, verb)
+	return nil, false
 }
 
-// active checks a PORT or EPRT as alg.Session does and plans its pinhole.
-func (s *sess) active(t time.Time, cmd ftp.Command, line string) {
-	a, ref := alg.CheckActive(s.ep, s.pol, cmd.Verb, cmd.Arg)
+// active records the Machine's decision on a PORT or EPRT: refused, or
+// planned (its pinhole).
+func (s *sess) active(t time.Time, cmd ftp.Command, line string, acts []alg.Action, ref *alg.Refusal) {
 	if ref != nil {
 		what, ap := classifyActive(s.ep, s.pol, cmd.Verb, cmd.Arg)
 		s.violate(t, DirClient, what, ref.Why, ref.Reply, false)
@@ -112,7 +119,7 @@ func (s *sess) active(t time.Time, cmd ftp.Command, line string) {
 		}
 		return
 	}
-	s.plan(t, a, line)
+	s.plan(t, acts, line)
 }
 
 // classifyActive names the rule a refused PORT/EPRT broke and returns the

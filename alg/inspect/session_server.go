@@ -12,7 +12,6 @@ import (
 
 	"github.com/ftpalg/ftpalg/alg"
 	"github.com/ftpalg/ftpalg/alg/ftp"
-	"github.com/ftpalg/ftpalg/rules"
 )
 
 func (s *sess) serverLoop(r io.Reader) {
@@ -61,18 +60,14 @@ func (s *sess) reply(t time.Time, r ftp.Reply) {
 	passiveCode := r.Code == 227 || r.Code == 229
 	if s.uncertain && passiveCode {
 		// Resynchronise on the PASV/EPSV this reply most likely answers.
-		want := map[int]string{227: "PASV", 229: "EPSV"}[r.Code]
-		for i, v := range s.fifo {
-			if v == want {
-				s.fifo = s.fifo[i:]
-				break
-			}
-		}
+		s.m.Resync(map[int]string{227: "PASV", 229: "EPSV"}[r.Code])
 	}
-	verb := ""
-	if len(s.fifo) > 0 {
-		verb = s.fifo[0]
+	verb := s.m.Head()
+	if s.m.Pending() > 0 && verb == "" {
+		verb = verbConnect
 	}
+	pending := s.m.Pending()
+	acts := s.m.ServerReply(t, r)
 	ev := Event{Time: t, Dir: DirServer, Kind: "reply", Code: r.Code, Line: replyText(r), Answers: verb}
 	if r.Preliminary() {
 		ev.Kind = "preliminary"
@@ -80,7 +75,7 @@ func (s *sess) reply(t time.Time, r ftp.Reply) {
 	switch {
 	case verb == "PASV" && r.Code == 227, verb == "EPSV" && r.Code == 229:
 		s.event(ev)
-		s.passive(t, verb, r)
+		s.passive(t, verb, r, acts)
 	case passiveCode:
 		s.event(ev)
 		if !s.uncertain {
@@ -105,22 +100,18 @@ func (s *sess) reply(t time.Time, r ftp.Reply) {
 	default:
 		s.event(ev)
 	}
-	if !r.Preliminary() && len(s.fifo) > 0 {
-		s.fifo = s.fifo[1:]
-		if len(s.fifo) == 0 {
-			// Everything known has been answered: unpaired replies from
-			// here on are really unpaired.
-			s.uncertain = false
-		}
+	if !r.Preliminary() && pending > 0 && s.m.Pending() == 0 {
+		// Everything known has been answered: unpaired replies from
+		// here on are really unpaired.
+		s.uncertain = false
 	}
 }
 
-// passive checks a 227/229 answering this session's PASV/EPSV as
-// alg.Session does and plans its pinhole.
-func (s *sess) passive(t time.Time, verb string, r ftp.Reply) {
+// passive records the Machine's decision on a 227/229 answering this
+// session's PASV/EPSV: refused (replaced by a 425), or planned.
+func (s *sess) passive(t time.Time, verb string, r ftp.Reply, acts []alg.Action) {
 	line := replyText(r)
-	a, _, _, ref := alg.CheckPassive(s.ep, s.pol, r)
-	if ref != nil {
+	if ref, _ := refusalIn(acts); ref != nil {
 		what, ap := classifyPassive(s.ep, s.pol, r)
 		s.violate(t, DirServer, what, ref.Why, ref.Reply, false)
 		if ap.IsValid() {
@@ -132,12 +123,17 @@ func (s *sess) passive(t time.Time, verb string, r ftp.Reply) {
 		}
 		return
 	}
-	if a.Kind == alg.PASV && a.Addr.Addr() != s.ep.Server.Addr() {
-		s.violate(t, DirServer, "third-party",
-			fmt.Sprintf("227 names %s, the server is %s: ftpalg announces the server's address instead and opens the pinhole to the server only",
-				a.Addr.Addr(), s.ep.Server.Addr()), "", false)
+	for _, a := range acts {
+		if a.Kind != alg.ActPlan {
+			continue
+		}
+		if an := a.Opening.Announcement; an.Kind == alg.PASV && an.Addr.Addr() != s.ep.Server.Addr() {
+			s.violate(t, DirServer, "third-party",
+				fmt.Sprintf("227 names %s, the server is %s: ftpalg announces the server's address instead and opens the pinhole to the server only",
+					an.Addr.Addr(), s.ep.Server.Addr()), "", false)
+		}
 	}
-	s.plan(t, a, line)
+	s.plan(t, acts, line)
 }
 
 // classifyPassive names the rule a refused 227/229 broke and returns the
@@ -168,36 +164,41 @@ func classifyPassive(ep alg.Endpoints, pol alg.Policy, r ftp.Reply) (string, net
 	return "refused", ap
 }
 
-// plan asks the gateway planner for the pinhole of an accepted
-// announcement, as alg.Session would before forwarding it.
-func (s *sess) plan(t time.Time, a alg.Announcement, line string) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.pol.OpenTimeout)
-	defer cancel()
-	p, err := s.ins.planner.Plan(ctx, s.ep, a)
-	if err != nil {
-		dir := DirServer
-		if !a.Kind.Passive() {
-			dir = DirClient
+// plan carries out the Machine's ActPlan among acts, as alg.Session
+// would before forwarding the announcement, and records the outcome. The
+// pinhole is not opened: its port goes back to the pool at once (the pool
+// hands ports out round-robin, so the next announcement still gets
+// another one, as it would while this pinhole were open).
+func (s *sess) plan(t time.Time, acts []alg.Action, line string) {
+	for _, a := range acts {
+		if a.Kind != alg.ActPlan {
+			continue
 		}
-		s.violate(t, dir, "plan", err.Error(), "425 ftpalg: cannot open data connection: "+err.Error(), false)
-		s.announce(t, a, line, nil)
-		return
+		op := a.Opening
+		ctx, cancel := context.WithTimeout(context.Background(), s.pol.OpenTimeout)
+		p, err := s.ins.planner.Plan(ctx, s.ep, op.Announcement)
+		cancel()
+		release := p.Release
+		p.Release = nil
+		decided := s.m.Planned(op, p, err)
+		if release != nil {
+			release()
+		}
+		for _, d := range decided {
+			switch d.Kind {
+			case alg.ActOpen:
+				s.m.Opened(op, t)
+				s.announce(t, op.Announcement, line, &op.Plan)
+			case alg.ActRefused:
+				dir := DirServer
+				if !op.Announcement.Kind.Passive() {
+					dir = DirClient
+				}
+				s.violate(t, dir, "plan", d.Refusal.Why, d.Refusal.Reply, false)
+				s.announce(t, op.Announcement, line, nil)
+			}
+		}
 	}
-	// Nothing is opened: the port goes back to the pool at once. The pool
-	// hands ports out round-robin, so the next announcement still gets
-	// another one, as it would while this pinhole were open.
-	if p.Release != nil {
-		p.Release()
-	}
-	s.nextPH++
-	p.Pinhole.ID = rules.PinholeID{Session: s.num, N: uint32(s.nextPH)}
-	p.Pinhole.TTL = s.pol.PinholeTTL
-	if err := p.Pinhole.Validate(); err != nil {
-		s.violate(t, DirServer, "plan", err.Error(), "425 ftpalg: cannot open data connection: internal error", false)
-		s.announce(t, a, line, nil)
-		return
-	}
-	s.announce(t, a, line, &p)
 }
 
 // announce records an announcement; plan is nil when ftpalg refuses it.

@@ -53,6 +53,7 @@ func (ins *inspector) name(s *sess) {
 		ins.ids++
 		s.num = uint64(ins.ids)
 		s.rep.ID = rules.SessionName(s.num)
+		s.m.SetID(s.num)
 	}
 }
 
