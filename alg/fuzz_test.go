@@ -44,7 +44,7 @@ func FuzzSession(f *testing.F) {
 		pol.DrainTimeout = 50 * time.Millisecond
 		pol.UseGrace = 10 * time.Millisecond
 		s := &alg.Session{
-			ID: "f", Client: cp, Server: sp, Endpoints: ep4,
+			ID: 1, Client: cp, Server: sp, Endpoints: ep4,
 			Planner: &nat.Gateway{Pool: pool}, Backend: fake, Policy: pol,
 			Log: slog.New(slog.DiscardHandler),
 		}
@@ -103,7 +103,7 @@ func BenchmarkSessionLine(b *testing.B) {
 	sc, sp := net.Pipe()
 	pool, _ := nat.NewPool(40000, 40003)
 	s := &alg.Session{
-		ID: "b", Client: cp, Server: sp, Endpoints: ep4,
+		ID: 1, Client: cp, Server: sp, Endpoints: ep4,
 		Planner: &nat.Gateway{Pool: pool}, Backend: &rules.Fake{},
 		Log: slog.New(slog.DiscardHandler),
 	}

@@ -68,7 +68,7 @@ type Plan struct {
 	// the announced one (for EPSV only its port is used).
 	Announce netip.AddrPort
 	// Pinhole is the opening that lets the data connection through. The
-	// Session fills in ID, Session and TTL.
+	// Machine fills in ID, TTL and Passive.
 	Pinhole rules.Pinhole
 	// Release, when set, is called once after the pinhole is closed, e.g. to
 	// return a port to its pool.
@@ -90,7 +90,7 @@ type Planner interface {
 // planner bug turning payload into a firewall opening.
 func checkPlan(ep Endpoints, a Announcement, p Plan, minPort uint16) error {
 	ph := p.Pinhole
-	ph.ID = "plan" // named by the Session after the check
+	ph.ID = rules.PinholeID{N: 1} // named by the Machine after the check
 	if err := ph.Validate(); err != nil {
 		return err
 	}

@@ -26,11 +26,11 @@ type Policy struct {
 	// that pipelines more waits (TCP backpressure) until the server answers.
 	// Default 64.
 	MaxPending int
-	// AllowTLS lets AUTH TLS/SSL through. After a successful AUTH the ALG is
-	// blind: it relays bytes and opens nothing, so data connections break
-	// behind a strict firewall. Default false: AUTH is refused with 534, and
-	// AUTH lines are removed from FEAT replies, so clients fall back to plain
-	// FTP.
+	// TLS is what happens to AUTH TLS/SSL; see TLSPolicy. Default
+	// TLSRefuse.
+	TLS TLSPolicy
+	// AllowTLS is the older spelling of TLS: TLSPassthrough; it counts
+	// when TLS is TLSRefuse (its zero value).
 	AllowTLS bool
 	// PinholeTTL is how long an announced, unused pinhole stays open.
 	// Default 30s.
@@ -64,6 +64,40 @@ type Policy struct {
 	IdleTimeout time.Duration
 }
 
+// TLSPolicy says what the proxy does with AUTH TLS/SSL.
+type TLSPolicy uint8
+
+// The TLS policies. A third, terminate (ftpalg holds the certificate and
+// reads the control channel), is designed in DESIGN.md and not built yet.
+const (
+	// TLSRefuse answers AUTH with 534 and removes the AUTH lines from FEAT
+	// replies, so clients fall back to plain FTP. The default.
+	TLSRefuse TLSPolicy = iota
+	// TLSPassthrough lets AUTH through. After a successful AUTH (234) the
+	// ALG is blind: it relays bytes and opens nothing, so data connections
+	// break behind a strict firewall.
+	TLSPassthrough
+)
+
+func (t TLSPolicy) String() string {
+	switch t {
+	case TLSRefuse:
+		return "refuse"
+	case TLSPassthrough:
+		return "passthrough"
+	}
+	return fmt.Sprintf("TLSPolicy(%d)", uint8(t))
+}
+
+// TLSMode is the effective TLS policy: TLS, or TLSPassthrough when only
+// AllowTLS is set.
+func (p Policy) TLSMode() TLSPolicy {
+	if p.TLS == TLSRefuse && p.AllowTLS {
+		return TLSPassthrough
+	}
+	return p.TLS
+}
+
 // DefaultPolicy returns the secure defaults described on each field.
 func DefaultPolicy() Policy {
 	return Policy{
@@ -71,7 +105,7 @@ func DefaultPolicy() Policy {
 		MaxLine:         ftp.DefaultMaxLine,
 		MaxReplyLines:   1000,
 		MaxPending:      64,
-		AllowTLS:        false,
+		TLS:             TLSRefuse,
 		PinholeTTL:      30 * time.Second,
 		UseGrace:        2 * time.Second,
 		OpenTimeout:     5 * time.Second,
@@ -100,6 +134,8 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("policy: login and idle timeouts must be positive")
 	case p.MaxRefusals < 1:
 		return fmt.Errorf("policy: max refusals %d must be positive", p.MaxRefusals)
+	case p.TLS > TLSPassthrough:
+		return fmt.Errorf("policy: unknown TLS policy %v", p.TLS)
 	case p.MaxSyntaxErrors < 1:
 		return fmt.Errorf("policy: max syntax errors %d must be positive", p.MaxSyntaxErrors)
 	}
@@ -244,7 +280,7 @@ func RefuseServerReply(err error) (r *Refusal, end bool) {
 }
 
 // CheckCommand refuses the commands the policy does not pass on: LPRT and
-// LPSV (RFC 1639, clients fall back), AUTH unless AllowTLS. PORT and EPRT
+// LPSV (RFC 1639, clients fall back), AUTH under TLSRefuse. PORT and EPRT
 // are checked by CheckActive.
 func CheckCommand(pol Policy, verb string) *Refusal {
 	switch verb {
@@ -252,7 +288,7 @@ func CheckCommand(pol Policy, verb string) *Refusal {
 		return refusal("502", verb+" not supported; use EPRT/EPSV or PORT/PASV",
 			"long address formats (RFC 1639) are not supported")
 	case "AUTH":
-		if !pol.AllowTLS {
+		if pol.TLSMode() == TLSRefuse {
 			return refusal("534", "AUTH refused by policy; continue without TLS",
 				"TLS on the control channel is refused by policy (the ALG could not see announcements)")
 		}

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -50,14 +49,13 @@ type Proxy struct {
 	// DrainTimeout is how long Serve waits for sessions after ctx ends
 	// before it closes them (0: 10s).
 	DrainTimeout time.Duration
-	// OnPinholeOpen and OnPinholeClose are handed to every Session.
-	OnPinholeOpen  func(p rules.Pinhole)
-	OnPinholeClose func(p rules.Pinhole, reason string)
+	// Observer, if set, is handed to every Session.
+	Observer Observer
 
 	mu        sync.Mutex
 	seq       uint64
-	sessions  map[string]*Session
-	started   map[string]time.Time
+	sessions  map[uint64]*Session
+	started   map[uint64]time.Time
 	perClient map[netip.Addr]int
 	wg        sync.WaitGroup
 	cut       chan struct{} // closed by EndDrain
@@ -93,8 +91,8 @@ func (p *Proxy) EndDrain() {
 
 func (p *Proxy) initLocked() {
 	if p.sessions == nil {
-		p.sessions = make(map[string]*Session)
-		p.started = make(map[string]time.Time)
+		p.sessions = make(map[uint64]*Session)
+		p.started = make(map[uint64]time.Time)
 		p.perClient = make(map[netip.Addr]int)
 		p.cut = make(chan struct{})
 	}
@@ -112,26 +110,41 @@ type SessionInfo struct {
 
 // Snapshot lists the running sessions, oldest first.
 func (p *Proxy) Snapshot() []SessionInfo {
+	type entry struct {
+		in SessionInfo
+		s  *Session
+	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]SessionInfo, 0, len(p.sessions))
+	list := make([]entry, 0, len(p.sessions))
 	for id, s := range p.sessions {
-		in := SessionInfo{ID: id, Start: p.started[id], State: "connecting"}
-		if s != nil {
-			in.Client, in.Server = s.Endpoints.Client, s.Endpoints.Server
-			switch {
-			case s.blind.Load():
-				in.State = "tls"
-			case s.loggedIn.Load():
-				in.State = "logged in"
-			default:
-				in.State = "login"
-			}
+		list = append(list, entry{SessionInfo{ID: rules.SessionName(id), Start: p.started[id], State: "connecting"}, s})
+	}
+	p.mu.Unlock()
+	out := make([]SessionInfo, 0, len(list))
+	for _, e := range list {
+		if e.s != nil {
+			e.in.Client, e.in.Server = e.s.Endpoints.Client, e.s.Endpoints.Server
+			e.in.State = e.s.state()
 		}
-		out = append(out, in)
+		out = append(out, e.in)
 	}
 	slices.SortFunc(out, func(a, b SessionInfo) int { return a.Start.Compare(b.Start) })
 	return out
+}
+
+// state is the session's state for Snapshot.
+func (s *Session) state() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.m == nil:
+		return "connecting"
+	case s.m.Blind():
+		return "tls"
+	case s.m.LoggedIn():
+		return "logged in"
+	}
+	return "login"
 }
 
 // Accepted is the number of sessions accepted since the start (not counting
@@ -245,18 +258,12 @@ func (p *Proxy) Sessions() int {
 	return len(p.sessions)
 }
 
-// PinholeUsed routes a conntrack observation to the session that owns the
-// pinhole (IDs are "<session>.p<n>").
-func (p *Proxy) PinholeUsed(id string) {
-	sid := id
-	for i := len(id) - 1; i >= 0; i-- {
-		if id[i] == '.' {
-			sid = id[:i]
-			break
-		}
-	}
+// PinholeUsed routes an observation (e.g. conntrack saw the data
+// connection) to the session that owns the pinhole, which closes it. It
+// does not block: the close is queued.
+func (p *Proxy) PinholeUsed(id rules.PinholeID) {
 	p.mu.Lock()
-	s := p.sessions[sid]
+	s := p.sessions[id.Session]
 	p.mu.Unlock()
 	if s != nil {
 		s.PinholeUsed(id)
@@ -286,7 +293,7 @@ func (p *Proxy) accept(ctx context.Context, c net.Conn) {
 		return
 	}
 	p.seq++
-	id := "s" + strconv.FormatUint(p.seq, 10)
+	id := p.seq
 	p.sessions[id] = nil // reserved; set once the session runs
 	p.started[id] = time.Now()
 	p.perClient[client.Addr()]++
@@ -319,7 +326,7 @@ func (p *Proxy) reject(c net.Conn, client, server netip.AddrPort, what, why, rep
 	c.Close()
 }
 
-func (p *Proxy) run(ctx context.Context, id string, c net.Conn, client netip.AddrPort) {
+func (p *Proxy) run(ctx context.Context, id uint64, c net.Conn, client netip.AddrPort) {
 	srv, err := p.Upstream(c)
 	if err != nil {
 		p.reject(c, client, netip.AddrPort{}, "upstream", err.Error(), "421 ftpalg: no server for this connection")
@@ -361,12 +368,12 @@ func (p *Proxy) run(ctx context.Context, id string, c net.Conn, client netip.Add
 	s := &Session{
 		ID: id, Client: c, Server: u, Endpoints: ep,
 		Planner: p.Planner, Backend: p.Backend, Policy: pol, Log: p.Log,
-		OnPinholeOpen: p.OnPinholeOpen, OnPinholeClose: p.OnPinholeClose,
+		Observer: p.Observer,
 	}
 	p.mu.Lock()
 	p.sessions[id] = s
 	p.mu.Unlock()
-	log := p.log().With("session", s.ID, "client", client.String(), "server", ep.Server.String())
+	log := p.log().With("session", rules.SessionName(s.ID), "client", client.String(), "server", ep.Server.String())
 	log.Info("session start", "upstream", ep.Upstream.String())
 	start := time.Now()
 	err = s.Run(ctx)

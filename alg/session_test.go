@@ -149,6 +149,7 @@ type harness struct {
 	pool           *nat.Pool
 	logs           *logBuf
 	sess           *alg.Session
+	clk            *fakeClock // the session's timers run on it
 	done           chan error
 }
 
@@ -174,12 +175,12 @@ func start(t *testing.T, ep alg.Endpoints, opts ...option) *harness {
 		t: t, client: cc, server: sc,
 		atClient: newSyncBuf(), atServer: newSyncBuf(),
 		fake: &rules.Fake{}, pool: pool, logs: &logBuf{},
-		done: make(chan error, 1),
+		clk: newFakeClock(), done: make(chan error, 1),
 	}
 	h.sess = &alg.Session{
-		ID: "s1", Client: cp, Server: sp, Endpoints: ep,
+		ID: 1, Client: cp, Server: sp, Endpoints: ep,
 		Planner: &nat.Gateway{Pool: pool}, Backend: h.fake,
-		Log: slog.New(slog.NewJSONHandler(h.logs, nil)),
+		Log: slog.New(slog.NewJSONHandler(h.logs, nil)), Clock: h.clk,
 	}
 	for _, o := range opts {
 		o(h.sess)
@@ -187,6 +188,9 @@ func start(t *testing.T, ep alg.Endpoints, opts ...option) *harness {
 	go h.atClient.fill(cc)
 	go h.atServer.fill(sc)
 	go func() { h.done <- h.sess.Run(context.Background()) }()
+	if !h.clk.waitArmed(wait) {
+		t.Fatal("session did not start its timers")
+	}
 	t.Cleanup(func() {
 		cc.Close()
 		sc.Close()
@@ -327,7 +331,7 @@ func TestPASVGateway(t *testing.T) {
 	h.toServer("RETR f\r\n")
 	h.s("150 Opening BINARY mode data connection.\r\n226 Transfer complete.\r\n")
 	h.toClient("150 Opening BINARY mode data connection.\r\n226 Transfer complete.\r\n")
-	h.sess.PinholeUsed("s1.p1")
+	h.sess.PinholeUsed(rules.PinholeID{Session: 1, N: 1})
 	h.wantCalls("open s1.p1 tcp 192.0.2.2 -> 203.0.113.2:40000 snat 203.0.113.1",
 		"close s1.p1 tcp 192.0.2.2 -> 203.0.113.2:40000 snat 203.0.113.1")
 	h.quiet()
@@ -602,6 +606,7 @@ func TestOnePendingPinholeAndTTL(t *testing.T) {
 	h.toServer("EPSV\r\n")
 	h.s("229 (|||40001|)\r\n")
 	h.toClient("229 (|||40001|)\r\n")
+	h.clk.Advance(300 * time.Millisecond)
 	// The second announcement replaced the unused first; the TTL closes
 	// the second.
 	h.wantCalls(
@@ -633,6 +638,9 @@ func TestPreliminaryReplyStartsGrace(t *testing.T) {
 	h.toServer("STOR f\r\n")
 	h.s("150 Ok to send data.\r\n")
 	h.toClient("150 Ok to send data.\r\n")
+	h.clk.Advance(99 * time.Millisecond)
+	h.wantCalls("open s1.p1 tcp 192.0.2.2 -> 203.0.113.2:40000 snat 203.0.113.1")
+	h.clk.Advance(time.Millisecond) // the grace is over; the TTL (30s) is not
 	h.wantCalls(
 		"open s1.p1 tcp 192.0.2.2 -> 203.0.113.2:40000 snat 203.0.113.1",
 		"close s1.p1 tcp 192.0.2.2 -> 203.0.113.2:40000 snat 203.0.113.1",
@@ -695,14 +703,21 @@ func TestBackendFailureIs425(t *testing.T) {
 	h.toClient("425 ftpalg: cannot open data connection: firewall error\r\n")
 	h.c("PORT 192,0,2,2,195,80\r\n")
 	h.toClient("425 ftpalg: cannot open data connection: firewall error\r\n")
-	if h.pool.InUseCount() != 0 {
-		t.Fatal("pool port leaked after a failed open")
+	// The failed pinhole is closed (and its port returned) off the
+	// reply path: wait for it.
+	for deadline := time.Now().Add(wait); h.pool.InUseCount() != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("pool port leaked after a failed open")
+		}
 	}
 }
 
 func TestLoginTimeout(t *testing.T) {
 	// A server that never answers: the client is told, the session ends.
 	h := start(t, ep4, withPolicy(func(p *alg.Policy) { p.LoginTimeout = 200 * time.Millisecond }))
+	h.clk.Advance(199 * time.Millisecond)
+	h.quiet()
+	h.clk.Advance(time.Millisecond)
 	h.toClient("421 ftpalg: not logged in after 200ms; closing the connection\r\n")
 	if !h.atClient.waitEOF(wait) {
 		t.Fatal("session did not end")
@@ -719,9 +734,13 @@ func TestIdleTimeoutSparesTransfers(t *testing.T) {
 	h.s("150 here it comes\r\n")
 	h.toClient("150 here it comes\r\n")
 	// A long transfer: the control channel is silent, the session lives.
-	time.Sleep(time.Second)
+	h.clk.Advance(time.Second)
+	h.quiet()
 	h.s("226 done\r\n")
 	h.toClient("226 done\r\n")
+	h.clk.Advance(299 * time.Millisecond)
+	h.quiet()
+	h.clk.Advance(time.Millisecond)
 	h.toClient("421 ftpalg: idle for 300ms; closing the connection\r\n")
 	if !h.atClient.waitEOF(wait) {
 		t.Fatal("idle session did not end")
@@ -779,7 +798,7 @@ func TestIdleTimeoutWithClientNotReading(t *testing.T) {
 	sc, sp := net.Pipe()
 	pol := alg.DefaultPolicy()
 	pol.IdleTimeout = 200 * time.Millisecond
-	s := &alg.Session{ID: "s1", Client: cp, Server: sp, Endpoints: ep4,
+	s := &alg.Session{ID: 1, Client: cp, Server: sp, Endpoints: ep4,
 		Planner: &nat.Gateway{}, Backend: &rules.Fake{}, Policy: pol,
 		Log: slog.New(slog.DiscardHandler)}
 	done := make(chan error, 1)
@@ -817,7 +836,7 @@ func TestAllowTLSBlindSessionHasNoTimeouts(t *testing.T) {
 	}))
 	h.greet()
 	h.exchange("AUTH TLS\r\n", "234 Proceed with negotiation.\r\n")
-	time.Sleep(400 * time.Millisecond)
+	h.clk.Advance(400 * time.Millisecond)
 	// Opaque bytes still flow both ways; no 421 was injected.
 	h.c("\x16\x03\x01hello")
 	h.toServer("\x16\x03\x01hello")

@@ -13,9 +13,9 @@
 //
 //	w, err := conntrack.NewWatcher(conntrack.Config{
 //		Log:   log,
-//		OnUse: func(id string, f conntrack.Flow) { sessions.pinholeUsed(id) },
-//		OnEnd: func(id string, f conntrack.FlowEnd) {
-//			log.LogAttrs(ctx, slog.LevelInfo, "transfer", append(f.LogAttrs(), slog.String("pinhole", id))...)
+//		OnUse: func(id rules.PinholeID, f conntrack.Flow) { sessions.pinholeUsed(id) },
+//		OnEnd: func(id rules.PinholeID, f conntrack.FlowEnd) {
+//			log.LogAttrs(ctx, slog.LevelInfo, "transfer", append(f.LogAttrs(), slog.String("pinhole", id.String()))...)
 //		},
 //	})
 //	if err != nil { ... }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ftpalg/ftpalg/rules"
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/netfilter"
 	"golang.org/x/net/bpf"
@@ -267,14 +268,14 @@ func TestWatcherDecode(t *testing.T) {
 	const c, s = "192.0.2.1:51000", "192.0.2.2:40000"
 	var logBuf bytes.Buffer
 	w := &Watcher{log: slog.New(slog.NewTextHandler(&logBuf, nil)), t: newTracker(0)}
-	w.Expect("p", Match{Src: addr("192.0.2.1"), Dst: ap(s)})
+	w.Expect(pid("p"), Match{Src: addr("192.0.2.1"), Dst: ap(s)})
 	w.lookup = func(f Flow) (snapshot, error) {
 		got := snapshot{id: f.ID, zone: f.Zone, orig: f.Orig, reply: f.Reply, state: tcpTimeWait,
 			counted: true, origPackets: 3, origBytes: 300, replyPackets: 4, replyBytes: 400}
 		return got, nil
 	}
 	var ends []FlowEnd
-	w.onEnd = func(_ string, f FlowEnd) { ends = append(ends, f) }
+	w.onEnd = func(_ rules.PinholeID, f FlowEnd) { ends = append(ends, f) }
 
 	decode := func(e testEvent) (item, bool) {
 		m := e.message(t)
@@ -351,8 +352,8 @@ func TestWatcherForgetQueued(t *testing.T) {
 	w := &Watcher{
 		log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		t:     newTracker(0),
-		onUse: func(id string, f Flow) { got = append(got, "use "+id+" "+f.Orig.String()) },
-		onEnd: func(id string, f FlowEnd) { got = append(got, fmt.Sprintf("end %s %d", id, f.OrigBytes)) },
+		onUse: func(id rules.PinholeID, f Flow) { got = append(got, "use "+id.String()+" "+f.Orig.String()) },
+		onEnd: func(id rules.PinholeID, f FlowEnd) { got = append(got, fmt.Sprintf("end %s %d", id, f.OrigBytes)) },
 	}
 	decode := func(e testEvent) item {
 		t.Helper()
@@ -363,9 +364,9 @@ func TestWatcherForgetQueued(t *testing.T) {
 		}
 		return it
 	}
-	w.Expect("s1.p1", Match{Src: addr("198.51.100.2"), Dst: ap(s)})
+	w.Expect(pid("s1.p1"), Match{Src: addr("198.51.100.2"), Dst: ap(s)})
 	queued := []item{decode(newEvent(c, s, 7))}
-	w.Forget("s1.p1") // the session ended while the NEW event was queued
+	w.Forget(pid("s1.p1")) // the session ended while the NEW event was queued
 	queued = append(queued, decode(destroyEvent(c, s, 7, tcpTimeWait)))
 	for _, it := range queued {
 		w.dispatch(it, nil)

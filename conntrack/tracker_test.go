@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/rules"
 	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 )
@@ -135,11 +136,15 @@ func TestTrackerMatch(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			tr := newTracker(0)
 			for _, e := range tt.expects {
-				tr.expect(e.id, e.m)
+				tr.expect(pid(e.id), e.m)
 			}
 			u, _, ok := tr.observeNew(tt.flow, t0, nil)
-			if got := map[bool]string{true: u.id}[ok]; got != tt.want {
-				t.Fatalf("observeNew(%v) used %q, want %q", tt.flow.orig, got, tt.want)
+			got := ""
+			if ok {
+				got = u.id.String()
+			}
+			if want := map[bool]string{true: pid(tt.want).String()}[tt.want != ""]; got != want {
+				t.Fatalf("observeNew(%v) used %q, want %q (%s)", tt.flow.orig, got, want, tt.want)
 			}
 			if !ok {
 				return
@@ -161,7 +166,7 @@ func TestTrackerLifecycle(t *testing.T) {
 
 	t.Run("once", func(t *testing.T) {
 		tr := newTracker(0)
-		tr.expect("a", m)
+		tr.expect(pid("a"), m)
 		if _, _, ok := tr.observeNew(first, t0, nil); !ok {
 			t.Fatal("first flow not matched")
 		}
@@ -175,8 +180,8 @@ func TestTrackerLifecycle(t *testing.T) {
 
 	t.Run("forget before use", func(t *testing.T) {
 		tr := newTracker(0)
-		tr.expect("a", m)
-		if !tr.forget("a") {
+		tr.expect(pid("a"), m)
+		if !tr.forget(pid("a")) {
 			t.Error("forget(pending) = false")
 		}
 		if _, _, ok := tr.observeNew(first, t0, nil); ok {
@@ -189,9 +194,9 @@ func TestTrackerLifecycle(t *testing.T) {
 
 	t.Run("forget after use keeps tracking", func(t *testing.T) {
 		tr := newTracker(0)
-		tr.expect("a", m)
+		tr.expect(pid("a"), m)
 		tr.observeNew(first, t0, nil)
-		if tr.forget("a") {
+		if tr.forget(pid("a")) {
 			t.Error("forget(used) = true")
 		}
 		if _, ok := tr.observeDestroy(first, t0.Add(time.Second)); !ok {
@@ -201,12 +206,12 @@ func TestTrackerLifecycle(t *testing.T) {
 
 	t.Run("replace", func(t *testing.T) {
 		tr := newTracker(0)
-		tr.expect("a", m)
-		tr.expect("a", Match{addr("192.0.2.1"), ap("192.0.2.2:40001")})
+		tr.expect(pid("a"), m)
+		tr.expect(pid("a"), Match{addr("192.0.2.1"), ap("192.0.2.2:40001")})
 		if _, _, ok := tr.observeNew(first, t0, nil); ok {
 			t.Fatal("replaced expectation used")
 		}
-		if u, _, ok := tr.observeNew(snap(2, "192.0.2.1:51000", "192.0.2.2:40001"), t0, nil); !ok || u.id != "a" {
+		if u, _, ok := tr.observeNew(snap(2, "192.0.2.1:51000", "192.0.2.2:40001"), t0, nil); !ok || u.id != pid("a") {
 			t.Fatalf("replacement not used: %q %v", u.id, ok)
 		}
 		if n, f := tr.counts(); n != 0 || f != 1 || len(tr.byDst) != 0 {
@@ -216,7 +221,7 @@ func TestTrackerLifecycle(t *testing.T) {
 
 	t.Run("end with counters", func(t *testing.T) {
 		tr := newTracker(0)
-		tr.expect("a", m)
+		tr.expect(pid("a"), m)
 		tr.observeNew(first, t0, nil)
 		d := first
 		d.counted, d.origPackets, d.origBytes, d.replyPackets, d.replyBytes = true, 5, 300, 8, 12000
@@ -229,7 +234,7 @@ func TestTrackerLifecycle(t *testing.T) {
 			End:     t0.Add(3 * time.Second),
 			Counted: true, OrigPackets: 5, OrigBytes: 300, ReplyPackets: 8, ReplyBytes: 12000,
 		}
-		if e.id != "a" || e.end != want {
+		if e.id != pid("a") || e.end != want {
 			t.Errorf("end = %q %+v\nwant %q %+v", e.id, e.end, "a", want)
 		}
 		if e.end.Duration() != 3*time.Second {
@@ -242,7 +247,7 @@ func TestTrackerLifecycle(t *testing.T) {
 
 	t.Run("kernel timestamps", func(t *testing.T) {
 		tr := newTracker(0)
-		tr.expect("a", m)
+		tr.expect(pid("a"), m)
 		tr.observeNew(first, t0, nil)
 		d := first
 		d.start, d.stop = t0.Add(-time.Millisecond), t0.Add(1500*time.Millisecond)
@@ -254,7 +259,7 @@ func TestTrackerLifecycle(t *testing.T) {
 
 	t.Run("other entry, same tuple", func(t *testing.T) {
 		tr := newTracker(0)
-		tr.expect("a", m)
+		tr.expect(pid("a"), m)
 		tr.observeNew(first, t0, nil)
 		other := first
 		other.id = 2
@@ -274,7 +279,7 @@ func TestTrackerClose(t *testing.T) {
 	}
 	setup := func(t *testing.T) *tracker {
 		tr := newTracker(0)
-		tr.expect("a", m)
+		tr.expect(pid("a"), m)
 		if _, _, ok := tr.observeNew(first, t0, nil); !ok {
 			t.Fatal("flow not used")
 		}
@@ -308,7 +313,7 @@ func TestTrackerClose(t *testing.T) {
 			End:     t0.Add(2 * time.Second),
 			Counted: true, OrigPackets: 5, OrigBytes: 300, ReplyPackets: 8, ReplyBytes: 12000,
 		}
-		if e.id != "a" || e.end != want {
+		if e.id != pid("a") || e.end != want {
 			t.Errorf("end = %q %+v\nwant %q %+v", e.id, e.end, "a", want)
 		}
 		if _, ok := tr.observeDestroy(counters(closing(tcpTimeWait)), t0.Add(2*time.Minute)); ok {
@@ -368,7 +373,7 @@ func TestTrackerClose(t *testing.T) {
 
 func TestTrackerAdmit(t *testing.T) {
 	tr := newTracker(0)
-	tr.expect("a", Match{addr("192.0.2.1"), ap("192.0.2.2:40000")})
+	tr.expect(pid("a"), Match{addr("192.0.2.1"), ap("192.0.2.2:40000")})
 	newP := func(src, dst string, id uint32) peeked {
 		return peeked{kind: eventNew, id: id, hasID: true, src: addr(src), dst: ap(dst)}
 	}
@@ -389,7 +394,7 @@ func TestTrackerAdmit(t *testing.T) {
 	}
 	p := newP("192.0.2.1", "192.0.2.2:40000", 7)
 	claim, ok := tr.admit(p)
-	if !ok || claim == nil || claim.id != "a" {
+	if !ok || claim == nil || claim.id != pid("a") {
 		t.Fatalf("expected NEW: admitted %v with claim %+v, want a claim of a", ok, claim)
 	}
 	if !admitted(endP(eventClose, 7)) || !admitted(endP(eventDestroy, 7)) {
@@ -435,14 +440,14 @@ func TestTrackerClaim(t *testing.T) {
 
 	t.Run("forget while queued", func(t *testing.T) {
 		tr := newTracker(0)
-		tr.expect("a", m)
+		tr.expect(pid("a"), m)
 		claim := admit(t, tr)
-		if tr.forget("a") {
+		if tr.forget(pid("a")) {
 			t.Error("forget reported a claimed expectation as pending")
 		}
 		u, _, ok := tr.observeNew(flow, t0, claim)
 		tr.settle(p, claim)
-		if !ok || u.id != "a" {
+		if !ok || u.id != pid("a") {
 			t.Fatalf("use = %+v, %v; want the flow to use a", u, ok)
 		}
 		if pending(tr) != 0 || len(tr.claims) != 0 {
@@ -454,10 +459,10 @@ func TestTrackerClaim(t *testing.T) {
 	})
 	t.Run("oldest claimed", func(t *testing.T) {
 		tr := newTracker(0)
-		tr.expect("a", m)
-		tr.expect("b", m)
-		tr.expect("a", m) // replaced: now the newest
-		if claim := admit(t, tr); claim.id != "b" {
+		tr.expect(pid("a"), m)
+		tr.expect(pid("b"), m)
+		tr.expect(pid("a"), m) // replaced: now the newest
+		if claim := admit(t, tr); claim.id != pid("b") {
 			t.Errorf("claimed %q, want the oldest, b", claim.id)
 		}
 	})
@@ -469,16 +474,16 @@ func TestTrackerClaim(t *testing.T) {
 	}{
 		{"unused given back", func(*tracker) {}, false, 1},
 		{"duplicate flow gives back", func(*tracker) {}, true, 1},
-		{"forgotten not given back", func(tr *tracker) { tr.forget("a") }, false, 0},
-		{"replaced not given back", func(tr *tracker) { tr.expect("a", m) }, false, 1},
+		{"forgotten not given back", func(tr *tracker) { tr.forget(pid("a")) }, false, 0},
+		{"replaced not given back", func(tr *tracker) { tr.expect(pid("a"), m) }, false, 1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			tr := newTracker(0)
 			if tt.use {
-				tr.expect("old", m)
+				tr.expect(pid("old"), m)
 				tr.observeNew(flow, t0, nil)
 			}
-			tr.expect("a", m)
+			tr.expect(pid("a"), m)
 			claim := admit(t, tr)
 			tt.between(tr)
 			if tt.use {
@@ -494,7 +499,7 @@ func TestTrackerClaim(t *testing.T) {
 				return
 			}
 			other := snap(9, "192.0.2.1:51009", "192.0.2.2:40000")
-			if u, _, ok := tr.observeNew(other, t0, nil); !ok || u.id != "a" {
+			if u, _, ok := tr.observeNew(other, t0, nil); !ok || u.id != pid("a") {
 				t.Errorf("next flow: use = %+v, %v; want a", u, ok)
 			}
 		})
@@ -505,7 +510,7 @@ func TestTrackerEvict(t *testing.T) {
 	tr := newTracker(2)
 	var flows []snapshot
 	for i := range 3 {
-		id := fmt.Sprint(i)
+		id := pid(fmt.Sprint(i))
 		tr.expect(id, Match{addr("192.0.2.1"), netip.AddrPortFrom(addr("192.0.2.2"), uint16(40000+i))})
 		flows = append(flows, snap(uint32(i+1), "192.0.2.1:51000", fmt.Sprintf("192.0.2.2:%d", 40000+i)))
 	}
@@ -514,7 +519,7 @@ func TestTrackerEvict(t *testing.T) {
 		if !ok {
 			t.Fatalf("flow %d not used", i)
 		}
-		if i < 2 && len(evicted) != 0 || i == 2 && (len(evicted) != 1 || evicted[0].id != "0") {
+		if i < 2 && len(evicted) != 0 || i == 2 && (len(evicted) != 1 || evicted[0].id != pid("0")) {
 			t.Fatalf("flow %d evicted %+v", i, evicted)
 		}
 	}
@@ -532,7 +537,7 @@ func TestTrackerReconcile(t *testing.T) {
 	tr := newTracker(0)
 	m := func(port uint16) Match { return Match{addr("192.0.2.1"), netip.AddrPortFrom(addr("192.0.2.2"), port)} }
 	for _, p := range []uint16{40000, 40001, 40002, 40003} {
-		tr.expect(fmt.Sprint(p), m(p))
+		tr.expect(pid(fmt.Sprint(p)), m(p))
 	}
 	alive := snap(1, "192.0.2.1:50000", "192.0.2.2:40000")
 	ended := snap(2, "192.0.2.1:50001", "192.0.2.2:40001")
@@ -541,9 +546,9 @@ func TestTrackerReconcile(t *testing.T) {
 	closed := snap(5, "192.0.2.1:50004", "192.0.2.2:40004")  // UPDATE lost
 	closing := snap(6, "192.0.2.1:50005", "192.0.2.2:40005") // closed, DESTROY lost
 	reused := snap(7, "192.0.2.1:50006", "192.0.2.2:40006")  // DESTROY lost, tuple reused
-	tr.expect("40004", m(40004))
-	tr.expect("40005", m(40005))
-	tr.expect("40006", m(40006))
+	tr.expect(pid("40004"), m(40004))
+	tr.expect(pid("40005"), m(40005))
+	tr.expect(pid("40006"), m(40006))
 	for _, s := range []snapshot{alive, ended, unsure, closed, closing, reused} {
 		tr.observeNew(s, t0, nil)
 	}
@@ -559,23 +564,23 @@ func TestTrackerReconcile(t *testing.T) {
 	gone := func(f Flow) bool { return f.ID == ended.id || f.ID == closing.id || f.ID == reused.id }
 	uses, ends, _ := tr.reconcile(live, t0.Add(time.Minute), gone)
 
-	if len(uses) != 1 || uses[0].id != "40003" || uses[0].flow.Orig != missed.orig || !uses[0].flow.Start.Equal(t0.Add(time.Minute)) {
+	if len(uses) != 1 || uses[0].id != pid("40003") || uses[0].flow.Orig != missed.orig || !uses[0].flow.Start.Equal(t0.Add(time.Minute)) {
 		t.Errorf("uses = %+v, want 40003 for %v", uses, missed.orig)
 	}
-	got := map[string]FlowEnd{}
+	got := map[rules.PinholeID]FlowEnd{}
 	for _, e := range ends {
 		got[e.id] = e.end
 	}
-	if e := got["40001"]; len(ends) != 4 || !e.Lost || e.Counted || !e.End.Equal(t0.Add(time.Minute)) {
+	if e := got[pid("40001")]; len(ends) != 4 || !e.Lost || e.Counted || !e.End.Equal(t0.Add(time.Minute)) {
 		t.Errorf("ends = %+v, want 40001 lost", ends)
 	}
-	if e := got["40004"]; e.Lost || !e.Counted || e.OrigBytes != 400 || !e.End.Equal(t0.Add(time.Minute)) {
+	if e := got[pid("40004")]; e.Lost || !e.Counted || e.OrigBytes != 400 || !e.End.Equal(t0.Add(time.Minute)) {
 		t.Errorf("40004 end = %+v, want counted from the dump", e)
 	}
-	if e := got["40005"]; !e.Lost || !e.Reset || !e.End.Equal(t0.Add(time.Second)) {
+	if e := got[pid("40005")]; !e.Lost || !e.Reset || !e.End.Equal(t0.Add(time.Second)) {
 		t.Errorf("40005 end = %+v, want lost, reset, at the close", e)
 	}
-	if e := got["40006"]; !e.Lost {
+	if e := got[pid("40006")]; !e.Lost {
 		t.Errorf("40006 end = %+v, want lost", e)
 	}
 	if n, f := tr.counts(); n != 0 || f != 3 || len(tr.ids) != 3 {
@@ -635,19 +640,19 @@ func TestWatcherDispatch(t *testing.T) {
 	w = &Watcher{
 		log: slog.New(slog.NewTextHandler(&logBuf, nil)),
 		t:   newTracker(0),
-		onUse: func(id string, f Flow) {
+		onUse: func(id rules.PinholeID, f Flow) {
 			mu.Lock()
-			got = append(got, "use "+id+" "+f.Orig.String())
+			got = append(got, "use "+id.String()+" "+f.Orig.String())
 			mu.Unlock()
 			w.Forget(id) // what a session does when it closes the pinhole
 		},
-		onEnd: func(id string, f FlowEnd) {
+		onEnd: func(id rules.PinholeID, f FlowEnd) {
 			mu.Lock()
 			got = append(got, fmt.Sprintf("end %s %d/%d", id, f.OrigBytes, f.ReplyBytes))
 			mu.Unlock()
 		},
 	}
-	w.Expect("bad", Match{Dst: ap("192.0.2.2:40000")})
+	w.Expect(pid("bad"), Match{Dst: ap("192.0.2.2:40000")})
 	if n, _ := w.t.counts(); n != 0 || !strings.Contains(logBuf.String(), "ignoring expectation") {
 		t.Errorf("invalid match registered (%d pending) or not logged: %s", n, logBuf.String())
 	}
@@ -655,12 +660,12 @@ func TestWatcherDispatch(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 50 {
 		wg.Go(func() {
-			id := fmt.Sprint("noise", i)
+			id := pid(fmt.Sprint("noise", i))
 			w.Expect(id, Match{addr("192.0.2.9"), netip.AddrPortFrom(addr("192.0.2.2"), uint16(30000+i))})
 			w.Forget(id)
 		})
 	}
-	w.Expect("p1", Match{addr("::ffff:192.0.2.1"), ap("[::ffff:192.0.2.2]:40000")})
+	w.Expect(pid("p1"), Match{addr("::ffff:192.0.2.1"), ap("[::ffff:192.0.2.2]:40000")})
 	s := snap(1, "192.0.2.1:51000", "192.0.2.2:40000")
 	w.dispatch(item{kind: eventNew, s: s, at: t0}, nil)
 	w.dispatch(item{kind: eventNew, s: snap(2, "192.0.2.1:51001", "192.0.2.2:40000"), at: t0}, nil)
@@ -668,7 +673,7 @@ func TestWatcherDispatch(t *testing.T) {
 	w.dispatch(item{kind: eventDestroy, s: s, at: t0.Add(time.Second)}, nil)
 	wg.Wait()
 
-	want := []string{"use p1 192.0.2.1:51000 -> 192.0.2.2:40000", "end p1 60/5000"}
+	want := []string{"use " + pid("p1").String() + " 192.0.2.1:51000 -> 192.0.2.2:40000", "end " + pid("p1").String() + " 60/5000"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("callbacks:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
@@ -687,7 +692,7 @@ func TestWatcherCloseLookup(t *testing.T) {
 	w := &Watcher{
 		log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		t:     newTracker(0),
-		onEnd: func(_ string, f FlowEnd) { ends = append(ends, f) },
+		onEnd: func(_ rules.PinholeID, f FlowEnd) { ends = append(ends, f) },
 		lookup: func(f Flow) (snapshot, error) {
 			if lookupErr != nil {
 				return snapshot{}, lookupErr
@@ -709,7 +714,7 @@ func TestWatcherCloseLookup(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ends = nil
 			lookupErr, lookupID = tt.err, tt.id
-			w.Expect("p", Match{addr("192.0.2.1"), ap("192.0.2.2:40000")})
+			w.Expect(pid("p"), Match{addr("192.0.2.1"), ap("192.0.2.2:40000")})
 			s := snap(1, "192.0.2.1:51000", "192.0.2.2:40000")
 			w.dispatch(item{kind: eventNew, s: s, at: t0}, nil)
 			if got := w.gone(Flow{ID: 1, Orig: s.orig}); got != tt.wantGone {
@@ -727,4 +732,29 @@ func TestWatcherCloseLookup(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pids numbers the pinhole names the tests use.
+var pids = struct {
+	sync.Mutex
+	m map[string]rules.PinholeID
+}{m: map[string]rules.PinholeID{}}
+
+// pid is the pinhole ID a test calls name: the same name, the same ID.
+func pid(name string) rules.PinholeID {
+	pids.Lock()
+	defer pids.Unlock()
+	id, ok := pids.m[name]
+	if !ok {
+		// "s<n>.p<m>" is that ID; any other name gets one of session
+		// 999999.
+		var sess uint64
+		var n uint32
+		if k, err := fmt.Sscanf(name, "s%d.p%d", &sess, &n); err != nil || k != 2 || (rules.PinholeID{Session: sess, N: n}).String() != name {
+			sess, n = 999999, uint32(len(pids.m)+1)
+		}
+		id = rules.PinholeID{Session: sess, N: n}
+		pids.m[name] = id
+	}
+	return id
 }

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/lab/netlab/roottest"
-
+	"github.com/ftpalg/ftpalg/rules"
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
@@ -113,23 +113,23 @@ func in(t *testing.T, ns string, fn func()) {
 // recorder collects the Watcher's callbacks.
 type recorder struct {
 	mu     sync.Mutex
-	uses   map[string][]Flow
-	ends   map[string][]FlowEnd
+	uses   map[rules.PinholeID][]Flow
+	ends   map[rules.PinholeID][]FlowEnd
 	notify chan struct{}
 }
 
 func newRecorder() *recorder {
-	return &recorder{uses: map[string][]Flow{}, ends: map[string][]FlowEnd{}, notify: make(chan struct{}, 1)}
+	return &recorder{uses: map[rules.PinholeID][]Flow{}, ends: map[rules.PinholeID][]FlowEnd{}, notify: make(chan struct{}, 1)}
 }
 
-func (r *recorder) onUse(id string, f Flow) {
+func (r *recorder) onUse(id rules.PinholeID, f Flow) {
 	r.mu.Lock()
 	r.uses[id] = append(r.uses[id], f)
 	r.mu.Unlock()
 	r.poke()
 }
 
-func (r *recorder) onEnd(id string, f FlowEnd) {
+func (r *recorder) onEnd(id rules.PinholeID, f FlowEnd) {
 	r.mu.Lock()
 	r.ends[id] = append(r.ends[id], f)
 	r.mu.Unlock()
@@ -144,7 +144,7 @@ func (r *recorder) poke() {
 }
 
 // waitEnd waits for the end of id's flow.
-func (r *recorder) waitEnd(t *testing.T, id string, timeout time.Duration) FlowEnd {
+func (r *recorder) waitEnd(t *testing.T, id rules.PinholeID, timeout time.Duration) FlowEnd {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
@@ -163,7 +163,7 @@ func (r *recorder) waitEnd(t *testing.T, id string, timeout time.Duration) FlowE
 }
 
 // waitUse waits for the use of id.
-func (r *recorder) waitUse(t *testing.T, id string, timeout time.Duration) Flow {
+func (r *recorder) waitUse(t *testing.T, id rules.PinholeID, timeout time.Duration) Flow {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
@@ -328,9 +328,9 @@ func testWatcher(t *testing.T, tn *testNet, network string, client, srv netip.Ad
 	addrOf := func(l net.Listener) netip.AddrPort { return netip.MustParseAddrPort(l.Addr().String()) }
 	dataAddr, otherAddr, heldAddr, resetAddr := addrOf(data), addrOf(other), addrOf(held), addrOf(reset)
 	closedAddr := netip.AddrPortFrom(srv, 9)
-	w.Expect("data", Match{Src: client, Dst: dataAddr})
-	w.Expect("unused", Match{Src: client, Dst: closedAddr})
-	w.Forget("unused")
+	w.Expect(pid("data"), Match{Src: client, Dst: dataAddr})
+	w.Expect(pid("unused"), Match{Src: client, Dst: closedAddr})
+	w.Forget(pid("unused"))
 
 	dialErr := func(to netip.AddrPort) (c net.Conn, err error) {
 		in(t, tn.client, func() { c, err = net.Dial(network, to.String()) })
@@ -359,7 +359,7 @@ func testWatcher(t *testing.T, tn *testNet, network string, client, srv netip.Ad
 	// ways), with its counters.
 	start := time.Now()
 	c := dial(dataAddr)
-	use := rec.waitUse(t, "data", 5*time.Second)
+	use := rec.waitUse(t, pid("data"), 5*time.Second)
 	if use.Orig.Src.Addr() != client || use.Orig.Dst != dataAddr || use.Reply != use.Orig.reverse() {
 		t.Errorf("used by %v / %v, want %v:* -> %v without NAT", use.Orig, use.Reply, client, dataAddr)
 	}
@@ -371,7 +371,7 @@ func testWatcher(t *testing.T, tn *testNet, network string, client, srv netip.Ad
 		t.Errorf("got %d reply bytes, want %d", got, reply)
 	}
 	lifetime := time.Since(start)
-	end := rec.waitEnd(t, "data", endWithin)
+	end := rec.waitEnd(t, pid("data"), endWithin)
 	t.Logf("data flow: %v", end.LogAttrs())
 	if end.Orig != use.Orig || end.Reply != use.Reply || !end.Start.Equal(use.Start) {
 		t.Errorf("end %+v does not describe the used flow %+v", end.Flow, use)
@@ -393,11 +393,11 @@ func testWatcher(t *testing.T, tn *testNet, network string, client, srv netip.Ad
 
 	// A connection reset ends at the reset.
 	const resetSent = 3000
-	w.Expect("reset", Match{Src: client, Dst: resetAddr})
+	w.Expect(pid("reset"), Match{Src: client, Dst: resetAddr})
 	start = time.Now()
 	rc := dial(resetAddr)
 	defer rc.Close()
-	rec.waitUse(t, "reset", 5*time.Second)
+	rec.waitUse(t, pid("reset"), 5*time.Second)
 	if _, err := rc.Write(make([]byte, resetSent)); err != nil {
 		t.Fatalf("writing: %v", err)
 	}
@@ -413,7 +413,7 @@ func testWatcher(t *testing.T, tn *testNet, network string, client, srv netip.Ad
 	}
 	rc.Close() // with linger 0: a reset
 	lifetime = time.Since(start)
-	resetEnd := rec.waitEnd(t, "reset", endWithin)
+	resetEnd := rec.waitEnd(t, pid("reset"), endWithin)
 	t.Logf("reset flow: %v", resetEnd.LogAttrs())
 	if !resetEnd.Reset || !resetEnd.Counted || resetEnd.Lost || resetEnd.OrigBytes < resetSent {
 		t.Errorf("reset end %+v, want reset, counted, >= %d bytes orig", resetEnd, resetSent)
@@ -424,10 +424,10 @@ func testWatcher(t *testing.T, tn *testNet, network string, client, srv netip.Ad
 
 	// A connection held open ends when DeleteFlows deletes its entry: the
 	// DESTROY event ends it.
-	w.Expect("held", Match{Src: client, Dst: heldAddr})
+	w.Expect(pid("held"), Match{Src: client, Dst: heldAddr})
 	hc := dial(heldAddr)
 	defer hc.Close()
-	heldUse := rec.waitUse(t, "held", 5*time.Second)
+	heldUse := rec.waitUse(t, pid("held"), 5*time.Second)
 	if _, err := hc.Write([]byte("x")); err != nil {
 		t.Fatalf("writing: %v", err)
 	}
@@ -439,7 +439,7 @@ func testWatcher(t *testing.T, tn *testNet, network string, client, srv netip.Ad
 	if delErr != nil || deleted != 1 {
 		t.Fatalf("DeleteFlows = %d, %v; want 1 deleted", deleted, delErr)
 	}
-	heldEnd := rec.waitEnd(t, "held", 5*time.Second)
+	heldEnd := rec.waitEnd(t, pid("held"), 5*time.Second)
 	if heldEnd.Orig != heldUse.Orig || !heldEnd.Counted || heldEnd.OrigBytes == 0 || heldEnd.Reset {
 		t.Errorf("held end %+v, want counted end of %v", heldEnd, heldUse.Orig)
 	}
@@ -452,10 +452,10 @@ func testWatcher(t *testing.T, tn *testNet, network string, client, srv netip.Ad
 
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
-	if len(rec.uses) != 3 || len(rec.uses["data"]) != 1 || len(rec.uses["reset"]) != 1 || len(rec.uses["held"]) != 1 {
+	if len(rec.uses) != 3 || len(rec.uses[pid("data")]) != 1 || len(rec.uses[pid("reset")]) != 1 || len(rec.uses[pid("held")]) != 1 {
 		t.Errorf("uses = %v, want data, reset and held once each", rec.uses)
 	}
-	if len(rec.ends) != 3 || len(rec.ends["data"]) != 1 || len(rec.ends["reset"]) != 1 || len(rec.ends["held"]) != 1 {
+	if len(rec.ends) != 3 || len(rec.ends[pid("data")]) != 1 || len(rec.ends[pid("reset")]) != 1 || len(rec.ends[pid("held")]) != 1 {
 		t.Errorf("ends = %v, want data, reset and held once each", rec.ends)
 	}
 	if _, tracked := w.t.counts(); tracked != 0 {
@@ -499,9 +499,9 @@ func TestWatcherResync(t *testing.T) {
 			t.Logf("watcher log:\n%s", logBuf.String())
 		}
 	})
-	onUse := func(id string, f Flow) {
+	onUse := func(id rules.PinholeID, f Flow) {
 		rec.onUse(id, f)
-		if id == "block" {
+		if id == pid("block") {
 			<-release
 		}
 	}
@@ -555,11 +555,11 @@ func TestWatcherResync(t *testing.T) {
 
 	blockAddr := netip.MustParseAddrPort(blockL.Addr().String())
 	lateAddr := netip.MustParseAddrPort(lateL.Addr().String())
-	w.Expect("block", Match{Src: client, Dst: blockAddr})
-	w.Expect("late", Match{Src: client, Dst: lateAddr})
+	w.Expect(pid("block"), Match{Src: client, Dst: blockAddr})
+	w.Expect(pid("late"), Match{Src: client, Dst: lateAddr})
 	fillAddr := netip.MustParseAddrPort(fillL.Addr().String())
-	w.Expect("fill1", Match{Src: client, Dst: fillAddr})
-	w.Expect("fill2", Match{Src: client, Dst: fillAddr})
+	w.Expect(pid("fill1"), Match{Src: client, Dst: fillAddr})
+	w.Expect(pid("fill2"), Match{Src: client, Dst: fillAddr})
 
 	var blocked, late net.Conn
 	var dialErr error
@@ -567,7 +567,7 @@ func TestWatcherResync(t *testing.T) {
 	if dialErr != nil {
 		t.Fatalf("dialing: %v", dialErr)
 	}
-	rec.waitUse(t, "block", 5*time.Second) // the dispatcher now blocks in OnUse
+	rec.waitUse(t, pid("block"), 5*time.Second) // the dispatcher now blocks in OnUse
 	in(t, tn.client, func() {
 		// Two expected connections: one NEW event fills the queue, the
 		// other blocks the reader, and the socket overflows.
@@ -604,16 +604,16 @@ func TestWatcherResync(t *testing.T) {
 	close(release)
 	released = true
 
-	use := rec.waitUse(t, "late", 5*time.Second)
+	use := rec.waitUse(t, pid("late"), 5*time.Second)
 	if use.Orig.Dst != lateAddr || use.Orig.Src != netip.MustParseAddrPort(late.LocalAddr().String()) {
 		t.Errorf("late used by %v, want %v -> %v", use.Orig, late.LocalAddr(), lateAddr)
 	}
-	end := rec.waitEnd(t, "block", 5*time.Second)
+	end := rec.waitEnd(t, pid("block"), 5*time.Second)
 	if !end.Lost || end.Counted {
 		t.Errorf("block end %+v, want lost and not counted", end)
 	}
-	rec.waitUse(t, "fill1", 5*time.Second)
-	rec.waitUse(t, "fill2", 5*time.Second)
+	rec.waitUse(t, pid("fill1"), 5*time.Second)
+	rec.waitUse(t, pid("fill2"), 5*time.Second)
 	if !strings.Contains(logBuf.String(), "resynchronized") {
 		t.Errorf("no resynchronization logged")
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/ftpalg/ftpalg/alg"
+	"github.com/ftpalg/ftpalg/rules"
 )
 
 var (
@@ -59,7 +60,7 @@ func TestGatewayPlans(t *testing.T) {
 			if p.Pinhole.String() != tc.pinhole {
 				t.Errorf("pinhole %q, want %q", p.Pinhole.String(), tc.pinhole)
 			}
-			p.Pinhole.ID = "x"
+			p.Pinhole.ID = rules.PinholeID{Session: 1, N: 1}
 			if err := p.Pinhole.Validate(); err != nil {
 				t.Error(err)
 			}

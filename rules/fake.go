@@ -24,7 +24,7 @@ type Fake struct {
 
 	mu    sync.Mutex
 	calls []Call
-	open  map[string]Pinhole
+	open  map[PinholeID]Pinhole
 	// notify, when set, is called after each recorded call.
 	notify func(Call)
 }
@@ -43,7 +43,7 @@ func (f *Fake) Open(ctx context.Context, p Pinhole) error {
 		return f.OpenErr
 	}
 	if f.open == nil {
-		f.open = make(map[string]Pinhole)
+		f.open = make(map[PinholeID]Pinhole)
 	}
 	if _, ok := f.open[p.ID]; ok {
 		f.mu.Unlock()

@@ -19,18 +19,43 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"time"
 )
+
+// PinholeID names one pinhole: the Nth pinhole of control session Session.
+// It is built in one place (the control-channel state machine in package
+// alg) and travels typed: backends key on it, conntrack reports it back,
+// the proxy routes it to its session with one map lookup. Its text form,
+// String, is only for rule comments and logs; nothing parses it back.
+type PinholeID struct {
+	// Session is the number of the control session (the proxy counts
+	// them from 1).
+	Session uint64
+	// N counts the pinholes of the session from 1.
+	N uint32
+}
+
+// String is "s<session>.p<n>", e.g. "s12.p3".
+func (id PinholeID) String() string {
+	return SessionName(id.Session) + ".p" + strconv.FormatUint(uint64(id.N), 10)
+}
+
+// IsZero reports whether id names no pinhole.
+func (id PinholeID) IsZero() bool { return id == PinholeID{} }
+
+// SessionName is the text form of a session number in logs and rule
+// comments: "s<n>".
+func SessionName(n uint64) string { return "s" + strconv.FormatUint(n, 10) }
 
 // Pinhole is one allowed data connection: TCP, first packet (SYN, conntrack
 // state NEW) only, from exactly Src to exactly Dst. Once the connection is
 // established it continues under conntrack; the pinhole itself can go.
 type Pinhole struct {
-	// ID is unique among the live pinholes of one process, e.g. "s12.p3". It
-	// appears in the firewall (rule comments) and in logs.
-	ID string
-	// Session is the ID of the control session the pinhole belongs to.
-	Session string
+	// ID is unique among the live pinholes of one process; its text form
+	// (e.g. "s12.p3") appears in the firewall (rule comments) and in logs.
+	// ID.Session is the control session the pinhole belongs to.
+	ID PinholeID
 	// Src is the only source address allowed to open the connection (any
 	// source port: servers in active mode connect from port 20 or any port).
 	Src netip.Addr
@@ -49,6 +74,10 @@ type Pinhole struct {
 	Passive bool
 }
 
+// Session is the text form of the session the pinhole belongs to, e.g.
+// "s12", for logs and rule comments.
+func (p Pinhole) Session() string { return SessionName(p.ID.Session) }
+
 // Target is where the connection ends up: DNAT when set, else Dst.
 func (p Pinhole) Target() netip.AddrPort {
 	if p.DNAT.IsValid() {
@@ -63,7 +92,7 @@ func (p Pinhole) Is6() bool { return p.Dst.Addr().Is6() && !p.Dst.Addr().Is4In6(
 // Validate checks that the pinhole is narrow and consistent: exact addresses
 // of one family, non-zero ports, no unspecified or multicast addresses.
 func (p Pinhole) Validate() error {
-	if p.ID == "" {
+	if p.ID.IsZero() {
 		return errors.New("pinhole without ID")
 	}
 	if !p.Src.IsValid() || !p.Dst.IsValid() {
@@ -98,7 +127,11 @@ func (p Pinhole) Validate() error {
 }
 
 func (p Pinhole) String() string {
-	s := fmt.Sprintf("%s tcp %s -> %s", p.ID, p.Src, p.Dst)
+	id := ""
+	if !p.ID.IsZero() {
+		id = p.ID.String()
+	}
+	s := fmt.Sprintf("%s tcp %s -> %s", id, p.Src, p.Dst)
 	if p.DNAT.IsValid() {
 		s += " dnat " + p.DNAT.String()
 	}

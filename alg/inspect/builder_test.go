@@ -129,8 +129,16 @@ func (b *capBuilder) pcapng() []byte {
 	return out.Bytes()
 }
 
-// dataSYN adds the first packet of a data connection.
+// dataSYN adds the opening of a data connection that its target accepts:
+// the SYN and the SYN-ACK.
 func (b *capBuilder) dataSYN(from, to string) {
+	b.dataSYNOnly(from, to)
+	b.add(seg{from: netip.MustParseAddrPort(to), to: netip.MustParseAddrPort(from), seq: 9000, ack: 8, syn: true, ackf: true})
+}
+
+// dataSYNOnly adds the SYN of a data connection that is never answered
+// (a firewall dropped it).
+func (b *capBuilder) dataSYNOnly(from, to string) {
 	b.add(seg{from: netip.MustParseAddrPort(from), to: netip.MustParseAddrPort(to), seq: 7, syn: true})
 }
 

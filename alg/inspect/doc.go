@@ -23,9 +23,16 @@
 // is not noticed). The two byte streams of each
 // connection then go through the codec exactly as in alg.Session: client
 // bytes through ftp.LineReader and ftp.ParseCommand, server bytes through
-// ftp.ReplyReader, and replies are paired with commands by a FIFO (the
-// greeting answers the connection, 1xx replies are preliminary, only a
-// final 227/229 answering a PASV/EPSV is an announcement).
+// ftp.ReplyReader, and every line goes to the session's alg.Machine, the
+// proxy's own control-channel state machine, in mirror mode (the lines
+// reached their peers whatever ftpalg would have done): it pairs replies
+// with commands (the greeting answers the connection, 1xx replies are
+// preliminary, only a final 227/229 answering a PASV/EPSV is an
+// announcement), refuses what ftpalg refuses and plans the pinholes; this
+// package names its decisions for the report.
+// TestTranscriptsSameDecisions replays the recorded transcripts through a
+// Machine and through this package and requires the same decision for
+// every line.
 //
 // Damaged captures do not stop the inspection:
 //   - A hole in a stream (segments missing from the capture) is given up as
@@ -74,6 +81,7 @@
 //	    "server": "203.0.113.2:21",
 //	    "start": "...", "end": "...", // first and last packet seen
 //	    "state": "closed" | "reset" | "open" | "encrypted" | "truncated",
+//	    "linked": "s2", "leg": "client" | "server", // the other leg of one proxied session (omitted when none)
 //	    "events": [{
 //	      "time": "...",
 //	      "dir": "client" | "server", // who sent it
@@ -102,8 +110,8 @@
 //	        "rule": "s1.p1 tcp 192.0.2.1 -> 203.0.113.2:40000 snat 192.0.2.1"
 //	      },
 //	      "rewritten": "ip:port",     // what ftpalg would announce instead (omitted if unchanged)
-//	      "used": true,               // a data connection to it was seen
-//	      "data": {"time": "...", "from": "ip:port", "to": "ip:port"} // when used
+//	      "used": true,               // a data connection to it was seen accepted (SYN, SYN-ACK)
+//	      "data": {"time": "...", "from": "ip:port", "to": "ip:port"} // its SYN; set and used false: never accepted
 //	    }],
 //	    "violations": [{
 //	      "time": "...",

@@ -39,10 +39,16 @@ type Session struct {
 	Server netip.AddrPort `json:"server"`
 	Start  time.Time      `json:"start"`
 	End    time.Time      `json:"end"`
-	// State is how the capture leaves the session: "closed" (FIN), "reset"
+	// State is how the capture leaves the session: "closed" (FIN from both
+	// sides, or from one after the server's 221 or 421), "reset"
 	// (RST), "open" (the capture ends first), "encrypted" (after AUTH) or
 	// "truncated" (the capture's snap length cut a segment).
-	State         string         `json:"state"`
+	State string `json:"state"`
+	// Linked is the ID of the other leg of the same proxied session, when
+	// the capture holds both (taken on the gateway); Leg says which leg
+	// this is: LegClient or LegServer.
+	Linked        string         `json:"linked,omitempty"`
+	Leg           string         `json:"leg,omitempty"`
 	Events        []Event        `json:"events"`
 	Announcements []Announcement `json:"announcements"`
 	Violations    []Violation    `json:"violations"`
@@ -94,8 +100,13 @@ type Announcement struct {
 	// differs from the announced one.
 	Rewritten netip.AddrPort `json:"rewritten,omitzero"`
 	// Used reports whether the capture shows a data connection to the
-	// announced endpoint after the announcement.
-	Used bool      `json:"used"`
+	// announced endpoint after the announcement, accepted: its SYN and the
+	// SYN-ACK answering it.
+	Used bool `json:"used"`
+	// Data is the first data connection attempted to the announced
+	// endpoint (its SYN). Used false with Data set: it was never
+	// accepted (dropped by a firewall, refused, or the SYN-ACK is not in
+	// the capture).
 	Data *DataConn `json:"data,omitempty"`
 }
 
@@ -117,7 +128,7 @@ type Pinhole struct {
 }
 
 func pinholeOf(p rules.Pinhole) *Pinhole {
-	return &Pinhole{ID: p.ID, Src: p.Src, Dst: p.Dst, DNAT: p.DNAT, SNAT: p.SNAT, Rule: p.String()}
+	return &Pinhole{ID: p.ID.String(), Src: p.Src, Dst: p.Dst, DNAT: p.DNAT, SNAT: p.SNAT, Rule: p.String()}
 }
 
 // DataConn is the first packet (SYN) of a data connection seen in the

@@ -44,6 +44,10 @@ func (r *Report) WriteText(w io.Writer) error {
 func writeSession(b *bufio.Writer, s *Session) {
 	fmt.Fprintf(b, "\nsession %s  client %s  server %s  %s .. %s  %s\n", s.ID, s.Client, s.Server,
 		s.Start.UTC().Format(stamp), s.End.UTC().Format(clock), s.State)
+	if s.Linked != "" {
+		other := map[string]string{LegClient: "ftpalg's connection to the server", LegServer: "the client's connection"}[s.Leg]
+		fmt.Fprintf(b, "  one proxied session with %s: %s\n", s.Linked, other)
+	}
 	for _, e := range s.Events {
 		who := "C"
 		if e.Dir == DirServer {
@@ -89,9 +93,13 @@ func writeSession(b *bufio.Writer, s *Session) {
 		} else {
 			b.WriteString("refused")
 		}
-		if a.Data != nil {
+		switch {
+		case a.Data != nil && a.Used:
 			fmt.Fprintf(b, "; used at %s by %s -> %s", a.Data.Time.UTC().Format(clock), a.Data.From, a.Data.To)
-		} else {
+		case a.Data != nil:
+			fmt.Fprintf(b, "; not used: %s -> %s tried at %s, never accepted (no SYN-ACK)",
+				a.Data.From, a.Data.To, a.Data.Time.UTC().Format(clock))
+		default:
 			b.WriteString("; no data connection seen")
 		}
 		b.WriteByte('\n')

@@ -308,7 +308,9 @@ func splitHostPortStrict(s string) (string, string, error) {
 func (c *Config) Policy() alg.Policy {
 	p := alg.DefaultPolicy()
 	p.MinDataPort = uint16(min(max(c.MinDataPort, 0), 65535))
-	p.AllowTLS = c.TLS == "passthrough" || c.AllowTLS
+	if c.TLS == "passthrough" || c.AllowTLS {
+		p.TLS = alg.TLSPassthrough
+	}
 	p.MaxLine = c.MaxLine
 	p.MaxReplyLines = c.MaxReplyLines
 	p.MaxPending = c.MaxPending

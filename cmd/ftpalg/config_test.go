@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/alg"
 )
 
 const reverseBase = "mode = \"reverse\"\nlisten = [\"203.0.113.1:21\"]\nupstream = [\"192.0.2.2:21\"]\n"
@@ -99,11 +101,11 @@ log-target = "journald"
 		t.Fatal(err)
 	}
 	p := c.Policy()
-	if !p.AllowTLS || p.MinDataPort != 2000 || p.MaxRefusals != 7 || p.PinholeTTL != 9*time.Second {
+	if p.TLSMode() != alg.TLSPassthrough || p.MinDataPort != 2000 || p.MaxRefusals != 7 || p.PinholeTTL != 9*time.Second {
 		t.Errorf("Policy() = %+v", p)
 	}
 	c, _ = parseConfig([]byte(reverseBase + "allow-tls = true\n"))
-	if !c.Policy().AllowTLS {
+	if c.Policy().TLSMode() != alg.TLSPassthrough {
 		t.Error("allow-tls = true does not let TLS through")
 	}
 }
@@ -225,8 +227,8 @@ func TestConfigFlagPrecedence(t *testing.T) {
 		{"flags without a file", []string{"--mode", "gateway", "--intercept", "eth1,eth2", "--intercept", "eth3"}, func(c Config) bool {
 			return slices.Equal(c.Intercept, []string{"eth1", "eth2", "eth3"}) && slices.Equal(c.Listen, []string{"[::]:2121"})
 		}},
-		{"tls flag", []string{"--config", path, "--tls", "passthrough"}, func(c Config) bool { return c.Policy().AllowTLS }},
-		{"deprecated allow-tls flag", []string{"--config", path, "--allow-tls"}, func(c Config) bool { return c.Policy().AllowTLS }},
+		{"tls flag", []string{"--config", path, "--tls", "passthrough"}, func(c Config) bool { return c.Policy().TLSMode() == alg.TLSPassthrough }},
+		{"deprecated allow-tls flag", []string{"--config", path, "--allow-tls"}, func(c Config) bool { return c.Policy().TLSMode() == alg.TLSPassthrough }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := load(tc.args...)

@@ -116,6 +116,7 @@ var refusalReasons = map[string]bool{
 	"limit": true, "upstream": true, "syntax": true, "garbage": true, "line too long": true, "NUL": true,
 	"too many refusals": true, "server reply": true, "login timeout": true, "idle timeout": true,
 	"PORT": true, "EPRT": true, "LPRT": true, "LPSV": true, "AUTH": true, "PASV": true, "EPSV": true,
+	"PASV reply": true, "EPSV reply": true,
 }
 
 // tap counts the log lines that are events; every record still goes to h.

@@ -139,6 +139,7 @@ type daemon struct {
 	relay    *relay.Backend    // nil with the iptables backend
 	listens  []net.Listener
 	holes    pinholes
+	obs      observers // handed to the proxy before it serves
 	ready    atomic.Bool
 	serving  chan struct{} // closed once the proxy serves: reload and EndDrain may use it
 	started  time.Time
@@ -217,6 +218,7 @@ func (d *daemon) run(ctx context.Context) (err error) {
 	d.log.Info("ftpalg running", attrs...)
 
 	sctx := ctx
+	d.proxy.Observer = d.obs
 	close(d.serving)
 	stopWatchdog := sdWatchdog(d.log)
 	defer stopWatchdog()
@@ -312,14 +314,9 @@ func (d *daemon) build(ctx context.Context) error {
 		return usagef("--backend %s is not available in this build", c.Backend)
 	}
 	d.proxy.Backend = d.met.timed(b)
-	d.proxy.OnPinholeOpen = func(p rules.Pinhole) {
-		d.holes.open(p)
-		d.met.pinholeOpened()
-	}
-	d.proxy.OnPinholeClose = func(p rules.Pinhole, reason string) {
-		d.holes.close(p.ID)
-		d.met.pinholeClosed(reason)
-	}
+	// The pinhole table (status) and its metrics; conntrack adds its
+	// watcher. The proxy gets them all before it serves.
+	d.obs = append(d.obs, tableObserver{d})
 	d.met.watchProxy(d.proxy, d.holes.count)
 	return nil
 }
@@ -417,4 +414,32 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// observers hands every pinhole event to each of its observers, in order.
+type observers []alg.Observer
+
+func (o observers) PinholeOpening(p rules.Pinhole) {
+	for _, x := range o {
+		x.PinholeOpening(p)
+	}
+}
+
+func (o observers) PinholeClosed(p rules.Pinhole, reason string) {
+	for _, x := range o {
+		x.PinholeClosed(p, reason)
+	}
+}
+
+// tableObserver keeps the table of live pinholes and their metrics.
+type tableObserver struct{ d *daemon }
+
+func (o tableObserver) PinholeOpening(p rules.Pinhole) {
+	o.d.holes.open(p)
+	o.d.met.pinholeOpened()
+}
+
+func (o tableObserver) PinholeClosed(p rules.Pinhole, reason string) {
+	o.d.holes.close(p.ID)
+	o.d.met.pinholeClosed(reason)
 }

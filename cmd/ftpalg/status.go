@@ -73,7 +73,7 @@ type StatusPinhole struct {
 // pinholes is the table of live pinholes, for status and the live gauge.
 type pinholes struct {
 	mu sync.Mutex
-	m  map[string]livePinhole
+	m  map[rules.PinholeID]livePinhole
 }
 
 type livePinhole struct {
@@ -85,12 +85,12 @@ func (t *pinholes) open(p rules.Pinhole) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m == nil {
-		t.m = map[string]livePinhole{}
+		t.m = map[rules.PinholeID]livePinhole{}
 	}
 	t.m[p.ID] = livePinhole{p, time.Now()}
 }
 
-func (t *pinholes) close(id string) {
+func (t *pinholes) close(id rules.PinholeID) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.m, id)
@@ -107,7 +107,7 @@ func (t *pinholes) list(now time.Time) []StatusPinhole {
 	defer t.mu.Unlock()
 	out := []StatusPinhole{}
 	for _, l := range t.m {
-		sp := StatusPinhole{ID: l.p.ID, Session: l.p.Session, Src: l.p.Src.String(), Dst: l.p.Dst.String(),
+		sp := StatusPinhole{ID: l.p.ID.String(), Session: l.p.Session(), Src: l.p.Src.String(), Dst: l.p.Dst.String(),
 			Passive: l.p.Passive, Age: now.Sub(l.opened).Seconds(),
 			Remaining: max(0, (l.p.TTL - now.Sub(l.opened)).Seconds())}
 		if l.p.DNAT.IsValid() {

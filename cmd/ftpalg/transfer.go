@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"log/slog"
-	"strings"
 	"sync"
 
 	"github.com/ftpalg/ftpalg/conntrack"
@@ -19,18 +18,15 @@ func (d *daemon) watchConntrack(ctx context.Context) {
 	}
 	// Which side opened each used pinhole's connection, for the transfer
 	// line; an entry lives from first use to the flow's end.
-	var passive sync.Map // pinhole ID -> bool
+	var passive sync.Map // rules.PinholeID -> bool
 	w, err := conntrack.NewWatcher(conntrack.Config{
 		Log: d.log,
-		OnUse: func(id string, f conntrack.Flow) {
-			// Not on the watcher's goroutine: closing runs iptables, and
-			// the watcher must keep reading events meanwhile.
-			go d.proxy.PinholeUsed(id)
+		OnUse: func(id rules.PinholeID, f conntrack.Flow) {
+			// It does not block: the session queues the close.
+			d.proxy.PinholeUsed(id)
 		},
-		OnEnd: func(id string, f conntrack.FlowEnd) {
-			// Pinhole IDs are "<session>.p<n>".
-			session, _, _ := strings.Cut(id, ".")
-			attrs := []slog.Attr{slog.String("pinhole", id), slog.String("session", session)}
+		OnEnd: func(id rules.PinholeID, f conntrack.FlowEnd) {
+			attrs := []slog.Attr{slog.String("pinhole", id.String()), slog.String("session", rules.SessionName(id.Session))}
 			if v, ok := passive.LoadAndDelete(id); ok {
 				attrs = append(attrs, transferAttrs(f, v.(bool))...)
 				d.met.transfer(f, v.(bool))
@@ -42,21 +38,7 @@ func (d *daemon) watchConntrack(ctx context.Context) {
 		d.log.Warn("conntrack unavailable: pinholes close on the transfer's reply or TTL only, no transfer lines", "err", err)
 		return
 	}
-	open, closed := d.proxy.OnPinholeOpen, d.proxy.OnPinholeClose
-	d.proxy.OnPinholeOpen = func(p rules.Pinhole) {
-		open(p)
-		passive.Store(p.ID, p.Passive)
-		w.Expect(p.ID, conntrack.Match{Src: p.Src, Dst: p.Dst})
-	}
-	d.proxy.OnPinholeClose = func(p rules.Pinhole, reason string) {
-		closed(p, reason)
-		w.Forget(p.ID) // a no-op once the flow was seen
-		if reason != "used" {
-			// Unused (or its use raced the close): the line, if any,
-			// goes without the direction.
-			passive.Delete(p.ID)
-		}
-	}
+	d.obs = append(d.obs, &watchObserver{w: w, passive: &passive})
 	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() {
@@ -66,6 +48,26 @@ func (d *daemon) watchConntrack(ctx context.Context) {
 		}
 	}()
 	d.cleanups = append(d.cleanups, func() { stop(); <-done })
+}
+
+// watchObserver has conntrack watch each pinhole's data connection.
+type watchObserver struct {
+	w       *conntrack.Watcher
+	passive *sync.Map
+}
+
+func (o *watchObserver) PinholeOpening(p rules.Pinhole) {
+	o.passive.Store(p.ID, p.Passive)
+	o.w.Expect(p.ID, conntrack.Match{Src: p.Src, Dst: p.Dst})
+}
+
+func (o *watchObserver) PinholeClosed(p rules.Pinhole, reason string) {
+	o.w.Forget(p.ID) // a no-op once the flow was seen
+	if reason != "used" {
+		// Unused (or its use raced the close): the line, if any, goes
+		// without the direction.
+		o.passive.Delete(p.ID)
+	}
 }
 
 // transferAttrs names the client and server of a data connection by their

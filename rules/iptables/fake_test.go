@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -419,7 +420,11 @@ type restoreLine struct {
 // change rules; empty lines and "#" comments are skipped. Each table is
 // committed on its own: at the first error the run stops, the failing
 // table stays as it was and the tables committed before stay changed.
-func (f *fakeIPTables) Restore(input []byte) error {
+func (f *fakeIPTables) Restore(ctx context.Context, input []byte) error {
+	if err := ctx.Err(); err != nil {
+		// iptables-restore is not started (or killed at once).
+		return fmt.Errorf("fake iptables-restore: killed: %w", err)
+	}
 	f.mu.Lock()
 	f.cmds++
 	f.restores++

@@ -38,24 +38,24 @@ func addr(s string) netip.Addr   { return netip.MustParseAddr(s) }
 var (
 	// Passive, gateway mode: the client behind the gateway connects to the
 	// port the server announced; SNAT to the gateway's upstream address.
-	passiveGateway = rules.Pinhole{ID: "s1.p1", Session: "s1", Src: addr("192.0.2.10"),
+	passiveGateway = rules.Pinhole{ID: rules.PinholeID{Session: 1, N: 1}, Src: addr("192.0.2.10"),
 		Dst: ap("203.0.113.5:40000"), SNAT: addr("198.51.100.1")}
 	// Active, gateway mode: the server connects to the gateway's pool
 	// port, DNAT to the port the client announced.
-	activeGateway = rules.Pinhole{ID: "s2.p1", Session: "s2", Src: addr("203.0.113.5"),
+	activeGateway = rules.Pinhole{ID: rules.PinholeID{Session: 2, N: 1}, Src: addr("203.0.113.5"),
 		Dst: ap("198.51.100.1:50000"), DNAT: ap("192.0.2.10:40001")}
 	// Passive, reverse mode: the client connects to the public pool port,
 	// DNAT to the private server, SNAT to the proxy's inside address.
-	reversePassive = rules.Pinhole{ID: "s3.p2", Session: "s3", Src: addr("203.0.113.7"),
+	reversePassive = rules.Pinhole{ID: rules.PinholeID{Session: 3, N: 2}, Src: addr("203.0.113.7"),
 		Dst: ap("198.51.100.1:50001"), DNAT: ap("192.0.2.20:30000"), SNAT: addr("192.0.2.1")}
 	// Routed, no NAT.
-	routed = rules.Pinhole{ID: "s4.p1", Session: "s4", Src: addr("192.0.2.10"), Dst: ap("203.0.113.5:40002")}
+	routed = rules.Pinhole{ID: rules.PinholeID{Session: 4, N: 1}, Src: addr("192.0.2.10"), Dst: ap("203.0.113.5:40002")}
 
-	passiveGateway6 = rules.Pinhole{ID: "s5.p1", Session: "s5", Src: addr("2001:db8:1::10"),
+	passiveGateway6 = rules.Pinhole{ID: rules.PinholeID{Session: 5, N: 1}, Src: addr("2001:db8:1::10"),
 		Dst: ap("[2001:db8:2::5]:40000"), SNAT: addr("2001:db8:ff::1")}
-	activeGateway6 = rules.Pinhole{ID: "s6.p1", Session: "s6", Src: addr("2001:db8:2::5"),
+	activeGateway6 = rules.Pinhole{ID: rules.PinholeID{Session: 6, N: 1}, Src: addr("2001:db8:2::5"),
 		Dst: ap("[2001:db8:ff::1]:50000"), DNAT: ap("[2001:db8:1::10]:40001")}
-	reversePassive6 = rules.Pinhole{ID: "s7.p1", Session: "s7", Src: addr("2001:db8:2::7"),
+	reversePassive6 = rules.Pinhole{ID: rules.PinholeID{Session: 7, N: 1}, Src: addr("2001:db8:2::7"),
 		Dst: ap("[2001:db8:ff::1]:50001"), DNAT: ap("[2001:db8:1::20]:30000"), SNAT: addr("2001:db8:1::1")}
 )
 
@@ -341,7 +341,7 @@ func TestIPTablesSetupRollsBack(t *testing.T) {
 func TestIPTablesOpenRollsBack(t *testing.T) {
 	for _, p := range []rules.Pinhole{reversePassive, reversePassive6} {
 		for _, chain := range []string{chainForward, chainInput, chainPrerouting, chainOutput, chainPostrouting} {
-			t.Run(p.ID+"/"+chain, func(t *testing.T) {
+			t.Run(p.ID.String()+"/"+chain, func(t *testing.T) {
 				ctx := t.Context()
 				b, v4, v6 := newFakeBackend(t)
 				if err := b.Setup(ctx); err != nil {
@@ -440,18 +440,17 @@ func TestIPTablesOpenRefuses(t *testing.T) {
 	before := v4.save() + v6.save()
 	bad := func(f func(*rules.Pinhole)) rules.Pinhole {
 		p := passiveGateway
-		p.ID = "s1.p9"
+		p.ID = rules.PinholeID{Session: 1, N: 9}
 		f(&p)
 		return p
 	}
 	for name, p := range map[string]rules.Pinhole{
-		"duplicate ID":        func() rules.Pinhole { p := passiveGateway; p.ID = routed.ID; return p }(),
-		"invalid":             bad(func(p *rules.Pinhole) { p.Src = netip.Addr{} }),
-		"mixed families":      bad(func(p *rules.Pinhole) { p.SNAT = addr("2001:db8::1") }),
-		"space in ID":         bad(func(p *rules.Pinhole) { p.ID = "s1 p9" }),
-		"quote in session":    bad(func(p *rules.Pinhole) { p.Session = `s"1` }),
-		"colon in session":    bad(func(p *rules.Pinhole) { p.Session = "s:1" }),
-		"overlong session ID": bad(func(p *rules.Pinhole) { p.Session = strings.Repeat("s", 300) }),
+		"duplicate ID":   func() rules.Pinhole { p := passiveGateway; p.ID = routed.ID; return p }(),
+		"invalid":        bad(func(p *rules.Pinhole) { p.Src = netip.Addr{} }),
+		"mixed families": bad(func(p *rules.Pinhole) { p.SNAT = addr("2001:db8::1") }),
+		// IDs are typed (rules.PinholeID): a comment can no longer carry
+		// a space, quote, colon or 300 bytes; only the zero ID is left.
+		"zero ID": bad(func(p *rules.Pinhole) { p.ID = rules.PinholeID{} }),
 	} {
 		if err := b.Open(ctx, p); err == nil {
 			t.Errorf("%s: Open(%v) succeeded", name, p)
@@ -697,8 +696,7 @@ func TestIPTablesConcurrent(t *testing.T) {
 			if i%2 == 0 {
 				p = reversePassive
 			}
-			p.ID = fmt.Sprintf("s%d.p1", i)
-			p.Session = fmt.Sprintf("s%d", i)
+			p.ID = rules.PinholeID{Session: uint64(i), N: 1}
 			p.Dst = netip.AddrPortFrom(p.Dst.Addr(), uint16(40000+i))
 			for range 5 {
 				if err := b.Open(ctx, p); err != nil {
@@ -822,10 +820,10 @@ type gate struct {
 func newGate(t *testing.T, b *Backend, fl *faults, del bool) *gate {
 	t.Helper()
 	g := &gate{t: t, lane: &b.v4.adds, done: make(chan error, 1),
-		p: rules.Pinhole{ID: "gate-open.p1", Session: "gate-open", Src: addr("192.0.2.250"), Dst: ap("203.0.113.250:40998")}}
+		p: rules.Pinhole{ID: rules.PinholeID{Session: 201, N: 1}, Src: addr("192.0.2.250"), Dst: ap("203.0.113.250:40998")}}
 	if del {
 		g.lane = &b.v4.dels
-		g.p.ID, g.p.Session, g.p.Dst = "gate-close.p1", "gate-close", ap("203.0.113.250:40999")
+		g.p.ID, g.p.Dst = rules.PinholeID{Session: 202, N: 1}, ap("203.0.113.250:40999")
 		if err := b.Open(t.Context(), g.p); err != nil {
 			t.Fatal(err)
 		}
@@ -878,8 +876,7 @@ func (g *gate) waitQueued(n int) {
 // numbered returns a copy of p with ID, session and destination port
 // derived from i.
 func numbered(p rules.Pinhole, i int) rules.Pinhole {
-	p.Session = fmt.Sprintf("b%d", i)
-	p.ID = p.Session + ".p1"
+	p.ID = rules.PinholeID{Session: 1000 + uint64(i), N: 1}
 	p.Dst = netip.AddrPortFrom(p.Dst.Addr(), uint16(41000+i))
 	return p
 }

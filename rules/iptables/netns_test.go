@@ -325,8 +325,7 @@ func TestNetnsIPTablesVerify(t *testing.T) {
 func openLive(ctx context.Context, b *Backend, n int) error {
 	for i := range n {
 		p := passiveGateway
-		p.ID = fmt.Sprintf("live.p%d", i)
-		p.Session = "live"
+		p.ID = rules.PinholeID{Session: 301, N: uint32(i)}
 		p.Src = netip.AddrFrom4([4]byte{192, 0, 2, byte(1 + i%200)})
 		p.Dst = netip.AddrPortFrom(p.Dst.Addr(), uint16(10000+i))
 		if err := b.Open(ctx, p); err != nil {
@@ -580,7 +579,7 @@ func TestNetnsIPTablesDataPath(t *testing.T) {
 	ln := d.listen(d.server, at(d.serverIP, 40002))
 	d.listen(d.server, at(d.serverIP, 40003))
 	d.expectBlocked(d.client, netip.Addr{}, at(d.serverIP, 40002))
-	p := rules.Pinhole{ID: "r.p1", Session: "r", Src: d.clientIP, Dst: at(d.serverIP, 40002)}
+	p := rules.Pinhole{ID: rules.PinholeID{Session: 101, N: 1}, Src: d.clientIP, Dst: at(d.serverIP, 40002)}
 	open(p)
 	c, s := d.expectPeer(d.client, netip.Addr{}, at(d.serverIP, 40002), ln, d.clientIP)
 	d.expectBlocked(d.client, netip.Addr{}, at(d.serverIP, 40003))
@@ -600,31 +599,31 @@ func TestNetnsIPTablesDataPath(t *testing.T) {
 
 	t.Log("passive gateway: forwarded, SNAT")
 	ln = d.listen(d.server, at(d.serverIP, 40000))
-	open(rules.Pinhole{ID: "pg.p1", Session: "pg", Src: d.clientIP, Dst: at(d.serverIP, 40000), SNAT: d.gwOutside})
+	open(rules.Pinhole{ID: rules.PinholeID{Session: 102, N: 1}, Src: d.clientIP, Dst: at(d.serverIP, 40000), SNAT: d.gwOutside})
 	_, _ = d.expectPeer(d.client, netip.Addr{}, at(d.serverIP, 40000), ln, d.gwOutside)
 
 	t.Log("active gateway: forwarded, DNAT")
 	ln = d.listen(d.client, at(d.clientIP, 40001))
 	d.expectBlocked(d.server, netip.Addr{}, at(d.gwOutside, 50000))
-	open(rules.Pinhole{ID: "ag.p1", Session: "ag", Src: d.serverIP, Dst: at(d.gwOutside, 50000), DNAT: at(d.clientIP, 40001)})
+	open(rules.Pinhole{ID: rules.PinholeID{Session: 103, N: 1}, Src: d.serverIP, Dst: at(d.gwOutside, 50000), DNAT: at(d.clientIP, 40001)})
 	_, _ = d.expectPeer(d.server, netip.Addr{}, at(d.gwOutside, 50000), ln, d.serverIP)
 	d.expectBlocked(d.server, netip.Addr{}, at(d.gwOutside, 50001))
 
 	t.Log("reverse passive: forwarded, DNAT and SNAT")
 	ln = d.listen(d.server, at(d.serverIP, 30000))
-	open(rules.Pinhole{ID: "rp.p1", Session: "rp", Src: d.clientIP, Dst: at(d.gwInside, 50002),
+	open(rules.Pinhole{ID: rules.PinholeID{Session: 104, N: 1}, Src: d.clientIP, Dst: at(d.gwInside, 50002),
 		DNAT: at(d.serverIP, 30000), SNAT: d.gwOutside})
 	_, _ = d.expectPeer(d.client, netip.Addr{}, at(d.gwInside, 50002), ln, d.gwOutside)
 
 	t.Log("target on the gateway: INPUT, SNAT in nat INPUT")
 	ln = d.listen(d.gw, at(d.gwInside, 40005))
 	d.expectBlocked(d.client, netip.Addr{}, at(d.gwInside, 40005))
-	open(rules.Pinhole{ID: "lt.p1", Session: "lt", Src: d.clientIP, Dst: at(d.gwInside, 40005), SNAT: d.gwOutside})
+	open(rules.Pinhole{ID: rules.PinholeID{Session: 105, N: 1}, Src: d.clientIP, Dst: at(d.gwInside, 40005), SNAT: d.gwOutside})
 	_, _ = d.expectPeer(d.client, netip.Addr{}, at(d.gwInside, 40005), ln, d.gwOutside)
 
 	t.Log("source on the gateway: DNAT in nat OUTPUT")
 	ln = d.listen(d.client, at(d.clientIP, 40006))
-	open(rules.Pinhole{ID: "ls.p1", Session: "ls", Src: d.gwOutside, Dst: at(addr("203.0.113.99"), 50003), DNAT: at(d.clientIP, 40006)})
+	open(rules.Pinhole{ID: rules.PinholeID{Session: 106, N: 1}, Src: d.gwOutside, Dst: at(addr("203.0.113.99"), 50003), DNAT: at(d.clientIP, 40006)})
 	_, _ = d.expectPeer(d.gw, d.gwOutside, at(addr("203.0.113.99"), 50003), ln, d.gwOutside)
 
 	if err := b.Verify(ctx); err != nil {
@@ -663,7 +662,7 @@ func BenchmarkIPTablesOpenUnderLoad(b *testing.B) {
 				return
 			}
 			p := passiveGateway
-			p.ID = fmt.Sprintf("load.p%d", i)
+			p.ID = rules.PinholeID{Session: 302, N: uint32(i)}
 			p.Dst = netip.AddrPortFrom(p.Dst.Addr(), uint16(20000+i))
 			for {
 				select {
@@ -736,8 +735,7 @@ func BenchmarkIPTablesOpenCloseParallel(b *testing.B) {
 				}
 				i := next.Add(1)
 				p := passiveGateway
-				p.ID = fmt.Sprintf("par.p%d", i)
-				p.Session = "par"
+				p.ID = rules.PinholeID{Session: 303, N: uint32(i)}
 				p.Dst = netip.AddrPortFrom(p.Dst.Addr(), uint16(20000+i))
 				for pb.Next() {
 					if err := t.Open(ctx, p); err != nil {
@@ -824,7 +822,7 @@ func TestNetnsIPTablesRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	at := netip.AddrPortFrom
-	pg := rules.Pinhole{ID: "pg.p1", Session: "pg", Src: d.clientIP, Dst: at(d.serverIP, 40000), SNAT: d.gwOutside}
+	pg := rules.Pinhole{ID: rules.PinholeID{Session: 102, N: 1}, Src: d.clientIP, Dst: at(d.serverIP, 40000), SNAT: d.gwOutside}
 	for _, p := range []rules.Pinhole{pg, passiveGateway6, reversePassive} {
 		if err := b.Open(ctx, p); err != nil {
 			t.Fatal(err)

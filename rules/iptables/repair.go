@@ -191,7 +191,7 @@ func (t *Backend) Repair(ctx context.Context) (repaired bool, err error) {
 		if len(input) == 0 {
 			continue
 		}
-		if err := f.ipt.Restore(input); err != nil {
+		if err := f.ipt.Restore(context.WithoutCancel(ctx), input); err != nil {
 			errs = append(errs, fmt.Errorf("restoring %s: %w", f.name, err))
 			continue
 		}

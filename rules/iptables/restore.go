@@ -37,6 +37,13 @@ import (
 // (the one that found no run under way, or the first to wait), never on a
 // goroutine of the backend's own, so the commands run in the network
 // namespace of a caller's thread, as single go-iptables commands do.
+//
+// A run of Opens is bounded by its callers' contexts: it is killed at the
+// earliest deadline among the Opens it carries, so that an Open never takes longer than
+// its context allows (the session's OpenTimeout) also when it waits in, or
+// leads, a shared run. A killed run fails every Open it carried; their
+// rules are rolled back. Runs of Closes are not interrupted by contexts
+// (a pinhole must close); the command's own limit bounds them.
 
 // kernelIPTables drives the kernel: go-iptables for single commands,
 // iptables-restore (or ip6tables-restore) for transactions.
@@ -81,6 +88,11 @@ func (k *kernelIPTables) deadline() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), k.limit())
 }
 
+// runContext bounds one restore by ctx and by the command's own limit.
+func (k *kernelIPTables) runContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, k.limit())
+}
+
 // ListTable runs "iptables -t table -S" and returns its lines.
 func (k *kernelIPTables) ListTable(table string) ([]string, error) {
 	var stderr bytes.Buffer
@@ -101,15 +113,24 @@ func (k *kernelIPTables) ListTable(table string) ([]string, error) {
 // Restore runs "iptables-restore --noflush" with input, in the format of
 // iptables-save. Each table is committed on its own, in input order; at the
 // first error the run stops, and the tables committed before stay.
-func (k *kernelIPTables) Restore(input []byte) error {
+//
+// The run is killed when ctx ends (the error then wraps ctx's error) or
+// after the command's own limit.
+func (k *kernelIPTables) Restore(ctx context.Context, input []byte) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("running %s: %w", filepath.Base(k.restorePath), err)
+	}
 	var stderr bytes.Buffer
-	ctx, cancel := k.deadline()
+	rctx, cancel := k.runContext(ctx)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, k.restorePath, "--noflush", "--wait="+strconv.Itoa(k.wait))
+	cmd := exec.CommandContext(rctx, k.restorePath, "--noflush", "--wait="+strconv.Itoa(k.wait))
 	cmd.Stdin = bytes.NewReader(input)
 	cmd.Stderr = &stderr
 	err := cmd.Run()
 	if ctx.Err() != nil {
+		return fmt.Errorf("running %s: killed: %w", filepath.Base(k.restorePath), ctx.Err())
+	}
+	if rctx.Err() != nil {
 		return fmt.Errorf("running %s: did not finish in %v (killed)", filepath.Base(k.restorePath), k.limit())
 	}
 	if err != nil {
@@ -174,6 +195,7 @@ type batcher struct {
 // is set, the waiter runs the next batch; otherwise its change is done and
 // left and err hold the outcome.
 type pending struct {
+	ctx  context.Context // the caller's; bounds the run that carries an Open
 	c    change
 	wake chan struct{}
 	lead bool   // guarded by batcher.mu
@@ -190,7 +212,7 @@ func (t *Backend) apply(ctx context.Context, f *family, c change) (left []rule, 
 	if c.del {
 		b = &f.dels
 	}
-	p := &pending{c: c, wake: make(chan struct{}, 1)}
+	p := &pending{ctx: ctx, c: c, wake: make(chan struct{}, 1)}
 	b.mu.Lock()
 	b.queue = append(b.queue, p)
 	if b.running {
@@ -218,7 +240,9 @@ func (t *Backend) apply(ctx context.Context, f *family, c change) (left []rule, 
 	b.queue = nil
 	b.mu.Unlock()
 
-	t.runBatch(f, batch)
+	rctx, cancel := runContext(ctx, batch)
+	t.runBatch(rctx, f, batch)
+	cancel()
 
 	for _, q := range batch {
 		if q != p {
@@ -238,23 +262,45 @@ func (t *Backend) apply(ctx context.Context, f *family, c change) (left []rule, 
 	return p.left, p.err
 }
 
-// runBatch applies the changes of batch in one restore. When that fails,
+// runContext is the context of a run led by a caller with ctx: it ends at
+// the earliest deadline among the changes of batch whose callers still
+// wait. A cancellation does not end it: the leader may have been chosen
+// after its own context ended, and the others' changes must not fail for
+// that.
+func runContext(ctx context.Context, batch []*pending) (context.Context, context.CancelFunc) {
+	var first time.Time
+	for _, q := range batch {
+		if q.ctx.Err() != nil {
+			continue
+		}
+		if d, ok := q.ctx.Deadline(); ok && (first.IsZero() || d.Before(first)) {
+			first = d
+		}
+	}
+	base := context.WithoutCancel(ctx)
+	if first.IsZero() {
+		return context.WithCancel(base)
+	}
+	return context.WithDeadline(base, first)
+}
+
+// runBatch applies the changes of batch in one restore, bounded by ctx. When that fails,
 // it applies them one by one, so that one bad change (a rule to delete that
 // someone else removed already) does not fail the others; unless the error
 // fails every change alike (failsAll), which trying each alone would only
 // repeat, once per change, while the callers queued behind the batch wait.
-func (t *Backend) runBatch(f *family, batch []*pending) {
+func (t *Backend) runBatch(ctx context.Context, f *family, batch []*pending) {
 	changes := make([]change, len(batch))
 	var all []rule
 	for i, p := range batch {
 		changes[i] = p.c
 		all = append(all, p.c.rules...)
 	}
-	err := f.ipt.Restore(restoreInput(changes...))
+	err := f.ipt.Restore(ctx, restoreInput(changes...))
 	if err == nil {
 		return
 	}
-	if failsAll(err) {
+	if failsAll(err) || ctx.Err() != nil {
 		t.log.Warn("iptables batch failed, failing all its changes",
 			"family", f.name, "changes", len(batch), "err", err)
 		// A failed Open removes its rules again (the restore may have
@@ -270,7 +316,7 @@ func (t *Backend) runBatch(f *family, batch []*pending) {
 		return
 	}
 	if len(batch) == 1 {
-		batch[0].left, batch[0].err = t.applyAlone(f, batch[0].c, err, false)
+		batch[0].left, batch[0].err = t.applyAlone(ctx, f, batch[0].c, err, false)
 		return
 	}
 	t.log.Debug("iptables batch failed, applying its changes one by one",
@@ -278,7 +324,7 @@ func (t *Backend) runBatch(f *family, batch []*pending) {
 	// Tables commit one by one: the batch may be partly in.
 	partial := spansTables(all)
 	for _, p := range batch {
-		p.left, p.err = t.applyAlone(f, p.c, nil, partial)
+		p.left, p.err = t.applyAlone(ctx, f, p.c, nil, partial)
 	}
 }
 
@@ -290,10 +336,10 @@ func (t *Backend) runBatch(f *family, batch []*pending) {
 // A delete that fails goes on rule by rule, a rule already gone counting as
 // deleted; what cannot be deleted is returned. An append that fails is
 // rolled back.
-func (t *Backend) applyAlone(f *family, c change, err error, partial bool) (left []rule, _ error) {
+func (t *Backend) applyAlone(ctx context.Context, f *family, c change, err error, partial bool) (left []rule, _ error) {
 	if c.del {
 		if err == nil {
-			if err = f.ipt.Restore(restoreInput(c)); err == nil {
+			if err = f.ipt.Restore(ctx, restoreInput(c)); err == nil {
 				return nil, nil
 			}
 		}
@@ -312,7 +358,7 @@ func (t *Backend) applyAlone(f *family, c change, err error, partial bool) (left
 				return nil, fmt.Errorf("removing rules of a failed batch: %w", rerr)
 			}
 		}
-		if err = f.ipt.Restore(restoreInput(c)); err == nil {
+		if err = f.ipt.Restore(ctx, restoreInput(c)); err == nil {
 			return nil, nil
 		}
 	}
@@ -323,50 +369,4 @@ func (t *Backend) applyAlone(f *family, c change, err error, partial bool) (left
 		}
 	}
 	return nil, err
-}
-
-// exitLockBusy is the exit status of iptables and iptables-restore
-// (RESOURCE_PROBLEM) when the xtables lock could not be taken in time.
-const exitLockBusy = 4
-
-// failsAll reports whether err, from a failed restore, would fail every
-// change of its batch alike, each tried alone as well: the xtables lock
-// was busy (under iptables-legacy each try would wait the full --wait
-// again), or an owned chain is missing (until Watch repairs it).
-func failsAll(err error) bool {
-	var status interface{ ExitStatus() int } // go-iptables' and the fake's errors
-	var exit *exec.ExitError
-	switch {
-	case errors.As(err, &status) && status.ExitStatus() == exitLockBusy,
-		errors.As(err, &exit) && exit.ExitCode() == exitLockBusy:
-		return true
-	}
-	msg := strings.ToLower(err.Error())
-	for _, s := range []string{
-		"Another app is currently holding the xtables lock",
-		"resource temporarily unavailable",
-		"Chain '" + chainPrefix,
-		"No chain/target/match by that name",
-		"does not exist",
-		"did not finish", // killed after its time limit: a hung iptables hits every change
-	} {
-		if strings.Contains(msg, strings.ToLower(s)) {
-			return true
-		}
-	}
-	return false
-}
-
-// formatSpec joins a rule specification the way iptables -S prints it: the
-// comment is always in double quotes, other arguments only when they
-// contain a space or a quote.
-func formatSpec(spec []string) string {
-	out := make([]string, len(spec))
-	for i, a := range spec {
-		if (i > 0 && spec[i-1] == "--comment") || a == "" || strings.ContainsAny(a, " \t\"\\") {
-			a = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(a) + `"`
-		}
-		out[i] = a
-	}
-	return strings.Join(out, " ")
 }

@@ -2,12 +2,14 @@ package iptables
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os/exec"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ftpalg/ftpalg/rules"
 )
@@ -22,7 +24,7 @@ type restoreFaults struct {
 	adds, dels int // restores run while fail was set
 }
 
-func (r *restoreFaults) Restore(input []byte) error {
+func (r *restoreFaults) Restore(ctx context.Context, input []byte) error {
 	r.mu.Lock()
 	fail := r.fail
 	if fail != nil {
@@ -38,7 +40,7 @@ func (r *restoreFaults) Restore(input []byte) error {
 			return err
 		}
 	}
-	return r.fakeIPTables.Restore(input)
+	return r.fakeIPTables.Restore(ctx, input)
 }
 
 func (r *restoreFaults) setFail(fail func(input []byte) error) {
@@ -188,5 +190,63 @@ func TestFailsAll(t *testing.T) {
 		if got := failsAll(tc.err); got != tc.want {
 			t.Errorf("failsAll(%v) = %v, want %v", tc.err, got, tc.want)
 		}
+	}
+}
+
+// hungRestore wraps a fake so that every Opens' restore hangs, as an
+// iptables-restore stuck on the kernel would, until the run's context
+// ends, which kills it; nothing is committed then.
+type hungRestore struct {
+	*fakeIPTables
+	hung chan struct{} // closed once a restore hangs
+	once sync.Once
+}
+
+func (h *hungRestore) Restore(ctx context.Context, input []byte) error {
+	if bytes.Contains(input, []byte("\n-A ")) {
+		h.once.Do(func() { close(h.hung) })
+		<-ctx.Done()
+		return fmt.Errorf("fake iptables-restore: killed: %w", ctx.Err())
+	}
+	return h.fakeIPTables.Restore(ctx, input)
+}
+
+// TestIPTablesOpenTimeoutBoundsRun checks that the context of an Open
+// bounds the restore run it leads and the one it waits in: a hung
+// iptables-restore is killed at the Opens' deadline, both Opens fail with
+// the context's error, and the firewall is as before.
+func TestIPTablesOpenTimeoutBoundsRun(t *testing.T) {
+	v4 := &hungRestore{fakeIPTables: newFakeIPTables(), hung: make(chan struct{})}
+	b := newIPTables(testLog(t), "fake", v4, newFakeIPTables())
+	if err := b.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	before := v4.save()
+	const timeout = 200 * time.Millisecond
+	errs := make(chan error, 2)
+	for i := range 2 {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			errs <- b.Open(ctx, numbered(reversePassive, 300+i))
+		}()
+		if i == 0 {
+			<-v4.hung // the second Open queues behind the hung run
+		}
+	}
+	start := time.Now()
+	for range 2 {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Open during a hung restore: %v, want the context's deadline", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Open not bounded by its context while iptables-restore hangs")
+		}
+	}
+	t.Logf("both Opens returned %v after the hang began", time.Since(start).Round(time.Millisecond))
+	if after := v4.save(); after != before {
+		t.Errorf("failed Opens changed the firewall:\n%s\nwant:\n%s", after, before)
 	}
 }

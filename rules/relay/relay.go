@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -84,9 +82,9 @@ type Backend struct {
 
 	mu        sync.Mutex // guards the fields below; never held while waiting
 	shutDown  bool
-	holes     map[string]*relayHole // pinholes still listening, by ID
+	holes     map[rules.PinholeID]*relayHole // pinholes still listening, by ID
 	transfers map[*relayTransfer]struct{}
-	waits     map[string]*relayWait // pinholes whose data connection is not settled yet
+	waits     map[rules.PinholeID]*relayWait // pinholes whose data connection is not settled yet
 }
 
 // relayWait tells Connected when the data connection of a pinhole reached
@@ -121,7 +119,7 @@ func (r *Backend) Connected(ctx context.Context, p rules.Pinhole) error {
 }
 
 // settle ends the wait of pinhole id with err.
-func (r *Backend) settle(id string, err error) {
+func (r *Backend) settle(id rules.PinholeID, err error) {
 	r.mu.Lock()
 	w := r.waits[id]
 	delete(r.waits, id)
@@ -159,9 +157,9 @@ func New(cfg Config) *Backend {
 		log:         cfg.Log,
 		dialTimeout: cfg.DialTimeout,
 		listen:      cfg.Listen,
-		holes:       make(map[string]*relayHole),
+		holes:       make(map[rules.PinholeID]*relayHole),
 		transfers:   make(map[*relayTransfer]struct{}),
-		waits:       make(map[string]*relayWait),
+		waits:       make(map[rules.PinholeID]*relayWait),
 	}
 	if r.log == nil {
 		r.log = slog.Default()
@@ -218,13 +216,13 @@ func (r *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	if p.TTL > 0 {
 		h.timer = time.AfterFunc(p.TTL, func() {
 			if r.retire(h) {
-				r.log.Info("relay pinhole expired unused", "session", p.Session, "pinhole", p.String(), "ttl", p.TTL)
+				r.log.Info("relay pinhole expired unused", "session", p.Session(), "pinhole", p.String(), "ttl", p.TTL)
 			}
 		})
 	}
 	r.wg.Add(1)
 	go r.acceptLoop(h)
-	r.log.Debug("pinhole opened", "session", p.Session, "pinhole", p.String(), "backend", "relay")
+	r.log.Debug("pinhole opened", "session", p.Session(), "pinhole", p.String(), "backend", "relay")
 	return nil
 }
 
@@ -242,7 +240,7 @@ func (r *Backend) Close(ctx context.Context, p rules.Pinhole) error {
 	case <-ctx.Done():
 		return fmt.Errorf("closing pinhole %v: %w", p, ctx.Err())
 	}
-	r.log.Debug("pinhole closed", "session", p.Session, "pinhole", p.String(), "backend", "relay")
+	r.log.Debug("pinhole closed", "session", p.Session(), "pinhole", p.String(), "backend", "relay")
 	return nil
 }
 
@@ -310,205 +308,4 @@ func (r *Backend) retire(h *relayHole) bool {
 	}
 	h.ln.Close() // a second Close only returns an error
 	return open
-}
-
-// acceptLoop waits for the expected peer of h, refusing any other, and
-// starts the transfer of the first right one.
-func (r *Backend) acceptLoop(h *relayHole) {
-	defer r.wg.Done()
-	defer close(h.done)
-	p := h.p
-	refused := 0
-	defer func() {
-		if refused > maxRefusalLogs {
-			r.log.Warn("relay refused connections", "session", p.Session, "pinhole", p.String(),
-				"refused", refused, "logged", maxRefusalLogs)
-		}
-	}()
-	var backoff time.Duration
-	for {
-		c, err := h.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				r.settle(p.ID, errRelayUnused)
-				return // Close, TTL or Shutdown
-			}
-			// Like net/http: a transient failure (EMFILE, ECONNABORTED)
-			// must not kill the pinhole. Close or the TTL end the wait.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			r.log.Warn("relay accept failed", "session", p.Session, "pinhole", p.String(), "err", err, "retry_in", backoff)
-			time.Sleep(backoff)
-			continue
-		}
-		backoff = 0
-		from := addrOf(c.RemoteAddr())
-		if from.Addr() != p.Src {
-			refused++
-			if refused <= maxRefusalLogs {
-				r.log.Warn("relay refused connection", "session", p.Session, "pinhole", p.String(),
-					"from", from, "why", "source address is not the expected peer "+p.Src.String())
-			}
-			abort(c)
-			continue
-		}
-		r.retire(h) // single use
-		t := &relayTransfer{p: p, peer: c}
-		if !r.addTransfer(t) {
-			abort(c) // Shutdown came first
-			r.settle(p.ID, errRelayShutDown)
-			return
-		}
-		go r.relay(t)
-		return
-	}
-}
-
-// addTransfer registers t unless the relay is shut down.
-func (r *Backend) addTransfer(t *relayTransfer) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.shutDown {
-		return false
-	}
-	r.transfers[t] = struct{}{}
-	r.wg.Add(1)
-	return true
-}
-
-// relay dials the target of t and copies both directions until both have
-// ended, then logs the transfer.
-func (r *Backend) relay(t *relayTransfer) {
-	defer r.wg.Done()
-	defer func() {
-		r.mu.Lock()
-		delete(r.transfers, t)
-		r.mu.Unlock()
-	}()
-	p := t.p
-	peer := addrOf(t.peer.RemoteAddr())
-	target := p.Target()
-	start := time.Now()
-
-	d := net.Dialer{Timeout: r.dialTimeout}
-	if p.SNAT.IsValid() {
-		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(p.SNAT, 0))
-	}
-	network := "tcp4"
-	if p.Is6() {
-		network = "tcp6"
-	}
-	conn, err := d.DialContext(r.ctx, network, target.String())
-	r.settle(p.ID, err)
-	if err != nil {
-		abort(t.peer)
-		r.log.Warn("relay dial failed", "session", p.Session, "pinhole", p.String(),
-			"peer", peer, "target", target, "err", err)
-		return
-	}
-	if !t.setTarget(conn) {
-		abort(conn) // Shutdown cut the transfer while dialling
-		return
-	}
-
-	// The conns are passed as they are (*net.TCPConn inside net.Conn), so
-	// io.Copy takes the ReaderFrom path: splice(2) on Linux.
-	var up, down copyResult
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go relayCopy(conn, t.peer, &up, &wg)
-	go relayCopy(t.peer, conn, &down, &wg)
-	wg.Wait()
-	t.peer.Close()
-	conn.Close()
-
-	args := []any{"session", p.Session, "pinhole", p.String(), "peer", peer,
-		"source", addrOf(conn.LocalAddr()), "target", target,
-		"bytes_to_target", up.n, "bytes_from_target", down.n,
-		"duration", time.Since(start).Round(time.Microsecond)}
-	if err := firstErr(up.err, down.err); err != nil {
-		args = append(args, "err", err)
-	}
-	r.log.Info("relayed transfer ended", args...)
-}
-
-// setTarget records the dialled connection unless the transfer was cut.
-func (t *relayTransfer) setTarget(c net.Conn) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.killed {
-		return false
-	}
-	t.target = c
-	return true
-}
-
-// kill cuts the transfer: both connections are reset.
-func (t *relayTransfer) kill() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.killed = true
-	abort(t.peer)
-	if t.target != nil {
-		abort(t.target)
-	}
-}
-
-// copyResult is the outcome of one direction of a transfer.
-type copyResult struct {
-	n   int64
-	err error
-}
-
-// relayCopy copies src to dst until src ends. On a clean end (EOF) it
-// half-closes dst, so that the other direction goes on until it ends too.
-// On an error it resets both connections, which also ends the other
-// direction: an aborted transfer must not look complete to either side.
-func relayCopy(dst, src net.Conn, res *copyResult, wg *sync.WaitGroup) {
-	defer wg.Done()
-	res.n, res.err = io.Copy(dst, src)
-	if res.err != nil {
-		abort(src)
-		abort(dst)
-		return
-	}
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	} else {
-		dst.Close()
-	}
-}
-
-// abort closes c, with a reset rather than a FIN for TCP.
-func abort(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetLinger(0)
-	}
-	c.Close()
-}
-
-// firstErr returns the first error that is not the consequence of an
-// abort by the other direction (a closed connection).
-func firstErr(errs ...error) error {
-	var closed error
-	for _, err := range errs {
-		switch {
-		case err == nil:
-		case errors.Is(err, net.ErrClosed):
-			closed = err
-		default:
-			return err
-		}
-	}
-	return closed
-}
-
-// addrOf returns the address and port of a TCP endpoint, IPv4 unmapped.
-func addrOf(a net.Addr) netip.AddrPort {
-	var ap netip.AddrPort
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ap = ta.AddrPort()
-	} else if a != nil {
-		ap, _ = netip.ParseAddrPort(a.String())
-	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }

@@ -154,13 +154,16 @@ func (s *testServer) expectNone(t testing.TB) {
 // to target.
 func pinholeTo(t testing.TB, id, src, dstAddr string, target netip.AddrPort) rules.Pinhole {
 	t.Helper()
+	var n uint32
+	if _, err := fmt.Sscanf(id, "s1.p%d", &n); err != nil {
+		t.Fatalf("test pinhole ID %q is not s1.p<n>", id)
+	}
 	return rules.Pinhole{
-		ID:      id,
-		Session: "s1",
-		Src:     netip.MustParseAddr(src),
-		Dst:     freePort(t, dstAddr),
-		DNAT:    target,
-		TTL:     time.Minute,
+		ID:   rules.PinholeID{Session: 1, N: n},
+		Src:  netip.MustParseAddr(src),
+		Dst:  freePort(t, dstAddr),
+		DNAT: target,
+		TTL:  time.Minute,
 	}
 }
 
@@ -317,7 +320,7 @@ func testRelayTransfer(t *testing.T, loopback string) {
 	exchange(t, peer, server, up, down)
 
 	waitFor(t, "the relay to end", func() bool { return r.Active() == 0 })
-	ended := logs.lines("relayed transfer ended", "pinhole=\""+p.ID,
+	ended := logs.lines("relayed transfer ended", "pinhole=\""+p.ID.String(),
 		fmt.Sprintf("bytes_to_target=%d", up), fmt.Sprintf("bytes_from_target=%d", down),
 		"target="+p.DNAT.String(), "peer="+addrOf(peer.LocalAddr()).String(), "duration=")
 	if len(ended) != 1 {
@@ -368,7 +371,7 @@ func TestRelayWrongPeer(t *testing.T) {
 	expectRefused(t, "127.0.0.1", p.Dst)
 	expectRefused(t, "127.0.0.1", p.Dst)
 	srv.expectNone(t)
-	if got := logs.lines("relay refused connection", "pinhole=\""+p.ID, "from=127.0.0.1:",
+	if got := logs.lines("relay refused connection", "pinhole=\""+p.ID.String(), "from=127.0.0.1:",
 		"why=\"source address is not the expected peer 127.0.0.2\""); len(got) != 2 {
 		t.Errorf("want two refusal lines, log:\n%s", logs)
 	}
@@ -443,7 +446,7 @@ func TestRelayTTL(t *testing.T) {
 		t.Fatalf("Open: %v", err)
 	}
 	waitFor(t, "the TTL expiry", func() bool {
-		return len(logs.lines("relay pinhole expired unused", "pinhole=\""+p.ID, "ttl=50ms")) == 1
+		return len(logs.lines("relay pinhole expired unused", "pinhole=\""+p.ID.String(), "ttl=50ms")) == 1
 	})
 	if _, err := dialFrom(t, "", p.Dst); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("dial after the TTL: err = %v, want connection refused", err)
@@ -569,7 +572,7 @@ func TestRelayDialFailure(t *testing.T) {
 		t.Errorf("peer: err = %v, want a reset when the target is unreachable", err)
 	}
 	waitFor(t, "the relay to end", func() bool { return r.Active() == 0 })
-	if len(logs.lines("relay dial failed", "pinhole=\""+p.ID, "target="+closed.String(), "refused")) != 1 {
+	if len(logs.lines("relay dial failed", "pinhole=\""+p.ID.String(), "target="+closed.String(), "refused")) != 1 {
 		t.Errorf("want one dial failure line, log:\n%s", logs)
 	}
 }
