@@ -289,16 +289,25 @@ func runContext(ctx context.Context, batch []*pending) (context.Context, context
 // someone else removed already) does not fail the others; unless the error
 // fails every change alike (failsAll), which trying each alone would only
 // repeat, once per change, while the callers queued behind the batch wait.
+// A batch of deletes that failed for a missing chain first drops the rules
+// a foreign flush took (deleteRest).
 func (t *Backend) runBatch(ctx context.Context, f *family, batch []*pending) {
 	changes := make([]change, len(batch))
-	var all []rule
 	for i, p := range batch {
 		changes[i] = p.c
-		all = append(all, p.c.rules...)
 	}
 	err := f.ipt.Restore(ctx, restoreInput(changes...))
 	if err == nil {
 		return
+	}
+	if batch[0].c.del {
+		if err = t.deleteRest(ctx, f, batch, err); err == nil {
+			return
+		}
+	}
+	var all []rule
+	for _, p := range batch {
+		all = append(all, p.c.rules...)
 	}
 	if failsAll(err) || ctx.Err() != nil {
 		t.log.Warn("iptables batch failed, failing all its changes",
