@@ -234,15 +234,27 @@ func (t *Backend) apply(ctx context.Context, f *family, c change) (left []rule, 
 		}
 		b.mu.Lock()
 	}
-	// p leads: run everything queued, p's change included.
+	// p leads: run everything queued, p's change included, except the
+	// changes whose callers gave up before this run began (p's own, too,
+	// when p was chosen to lead as its context ended): withdrawn, they
+	// fail with their context's error and change nothing. A run of only
+	// such changes would have no deadline left to bound it.
 	b.running = true
 	batch := b.queue
 	b.queue = nil
 	b.mu.Unlock()
 
-	rctx, cancel := runContext(ctx, batch)
-	t.runBatch(rctx, f, batch)
-	cancel()
+	run := make([]*pending, 0, len(batch))
+	for _, q := range batch {
+		if q.err = q.ctx.Err(); q.err == nil {
+			run = append(run, q)
+		}
+	}
+	if len(run) > 0 {
+		rctx, cancel := runContext(ctx, run)
+		t.runBatch(rctx, f, run)
+		cancel()
+	}
 
 	for _, q := range batch {
 		if q != p {
