@@ -163,7 +163,9 @@ func (c *closer) try(j closeJob) bool {
 		// DNAT rule for it may remain would misroute the next transfer.
 		c.log.Error("closing pinhole", "pinhole", j.p.String(), "reason", j.reason, "err", err)
 	} else {
-		c.log.Info("pinhole closed", "pinhole", j.p.ID.String(), "reason", j.reason)
+		if c.log.Enabled(context.Background(), slog.LevelInfo) {
+			c.log.Info("pinhole closed", "pinhole", j.p.ID.String(), "reason", j.reason)
+		}
 		if j.release != nil {
 			j.release()
 		}

@@ -167,11 +167,12 @@ type Opening struct {
 	// Plan is the planner's decision, once Planned accepted it.
 	Plan Plan
 
-	verb  string      // the command (active) or the one the reply answers
-	line  []byte      // active: the client's line
-	reply ftp.Reply   // passive: the server's reply
-	span  [2]int      // passive: the numbers in reply.Text()
-	hole  *hole       // once planned
+	verb  string    // the command (active) or the one the reply answers
+	line  []byte    // active: the client's line
+	reply ftp.Reply // passive: the server's reply
+	span  [2]int    // passive: the numbers in reply.Text()
+	hole  *hole     // once planned: &h
+	h     hole
 	prev  *hole       // the pinhole it replaces
 	state openingStep // guards the order of the steps
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,6 +36,9 @@ func (m *Machine) refusePassive(acts []Action, verb string, ref *Refusal) []Acti
 // the new one once the close is done: the caller completes the closes
 // before it plans) and asks the caller to plan op.
 func (m *Machine) plan(acts []Action, op *Opening) []Action {
+	if acts == nil && m.cur != nil {
+		acts = make([]Action, 0, 2) // the close and the plan, in one allocation
+	}
 	acts = m.closeCurrent(acts, "replaced")
 	return append(acts, Action{Kind: ActPlan, Opening: op})
 }
@@ -63,7 +67,8 @@ func (m *Machine) Planned(op *Opening, plan Plan, err error) []Action {
 	plan.Pinhole.TTL = m.pol.PinholeTTL
 	plan.Pinhole.Passive = op.Announcement.Kind.Passive()
 	op.Plan = plan
-	op.hole = &hole{p: plan.Pinhole, release: plan.Release}
+	op.h = hole{p: plan.Pinhole, release: plan.Release}
+	op.hole = &op.h // one allocation less on the reply path
 	return []Action{{Kind: ActOpen, Opening: op, Pinhole: plan.Pinhole}}
 }
 
@@ -140,32 +145,40 @@ func (m *Machine) rewrite(op *Opening) ([]byte, error) {
 		return []byte(op.verb + " " + arg + lineEnd(op.line)), nil
 	}
 	r := op.reply
-	raw, text := r.Lines[0], r.Text()
+	if a.Kind == PASV && plan.Announce == a.Addr || a.Kind == EPSV && plan.Announce.Port() == a.Addr.Port() {
+		return r.Bytes(), nil
+	}
+	// raw = "227 " + text + line end (r.Text() without the copy): replace
+	// only the numbers, in one buffer (the reply path).
+	raw := r.Lines[0]
+	text := raw[4:len(trimEOL(raw))]
 	start, end := op.span[0], op.span[1]
-	var repl string
+	b := make([]byte, 0, len(raw)+len("255,255,255,255,255,255"))
+	b = append(b, raw[:4+start]...)
 	if a.Kind == PASV {
-		if plan.Announce == a.Addr {
-			return r.Bytes(), nil
-		}
 		var err error
-		if repl, err = ftp.FormatPORT(plan.Announce); err != nil {
+		if b, err = ftp.AppendPORT(b, plan.Announce); err != nil {
 			return nil, refusal("425", "cannot translate passive reply", err.Error())
 		}
 	} else {
-		if plan.Announce.Port() == a.Addr.Port() {
-			return r.Bytes(), nil
-		}
 		d := text[start]
-		repl = fmt.Sprintf("%c%c%c%d%c", d, d, d, plan.Announce.Port(), d)
+		b = append(b, d, d, d)
+		b = strconv.AppendUint(b, uint64(plan.Announce.Port()), 10)
+		b = append(b, d)
 	}
-	// raw = "227 " + text + line end: replace only the numbers.
-	var b bytes.Buffer
-	b.Write(raw[:4])
-	b.WriteString(text[:start])
-	b.WriteString(repl)
-	b.WriteString(text[end:])
-	b.Write(raw[4+len(text):])
-	return b.Bytes(), nil
+	b = append(b, text[end:]...)
+	return append(b, raw[4+len(text):]...), nil
+}
+
+// trimEOL is ftp's: line without its "\n" or "\r\n".
+func trimEOL(line []byte) []byte {
+	if n := len(line); n > 0 && line[n-1] == '\n' {
+		line = line[:n-1]
+		if n := len(line); n > 0 && line[n-1] == '\r' {
+			line = line[:n-1]
+		}
+	}
+	return line
 }
 
 func lineEnd(line []byte) string {

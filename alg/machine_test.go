@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +22,7 @@ import (
 // failOpen), releases closed pinholes' ports.
 type machineRig struct {
 	m        *alg.Machine
+	ep       alg.Endpoints
 	pool     *nat.Pool
 	planner  alg.Planner
 	now      time.Time
@@ -36,7 +39,7 @@ func newRig(tb testing.TB, ep alg.Endpoints, pol alg.Policy) *machineRig {
 		tb.Fatal(err)
 	}
 	return &machineRig{
-		m: alg.NewMachine(1, ep, pol, t0), pool: pool, planner: &nat.Gateway{Pool: pool},
+		m: alg.NewMachine(1, ep, pol, t0), ep: ep, pool: pool, planner: &nat.Gateway{Pool: pool},
 		now: t0, live: map[rules.PinholeID]rules.Pinhole{},
 	}
 }
@@ -96,7 +99,7 @@ func (r *machineRig) perform(acts []alg.Action) []string {
 			out = append(out, fmt.Sprintf("refused %s: %s", a.What, a.Refusal.Reply))
 		case alg.ActPlan:
 			out = append(out, fmt.Sprintf("plan %v %v", a.Opening.Announcement.Kind, a.Opening.Announcement.Addr))
-			plan, err := r.planner.Plan(context.Background(), rigEP, a.Opening.Announcement)
+			plan, err := r.planner.Plan(context.Background(), r.ep, a.Opening.Announcement)
 			acts = append(r.m.Planned(a.Opening, plan, err), acts...)
 		case alg.ActOpen:
 			out = append(out, "open "+a.Pinhole.String())
@@ -127,8 +130,6 @@ func (r *machineRig) perform(acts []alg.Action) []string {
 	}
 	return out
 }
-
-var rigEP = ep4
 
 type machineStep struct {
 	ev   string
@@ -410,4 +411,31 @@ func FuzzMachine(f *testing.F) {
 			t.Fatalf("machine still lists %v", live)
 		}
 	})
+}
+
+// TestMachineRewritesPassive checks the rewritten 227 and 229 when the
+// planner announces another endpoint (reverse mode: the dialled address,
+// a pool port): only the numbers change, the delimiter of a 229 and the
+// rest of the line stay as the server wrote them.
+func TestMachineRewritesPassive(t *testing.T) {
+	ep := alg.Endpoints{
+		Client:   ep4.Client,
+		Dialled:  netip.MustParseAddrPort("198.51.100.1:21"),
+		Upstream: netip.MustParseAddrPort("192.0.2.1:41000"),
+		Server:   netip.MustParseAddrPort("192.0.2.20:21"),
+	}
+	r := newRig(t, ep, alg.DefaultPolicy())
+	r.planner = &nat.Reverse{Pool: r.pool}
+	r.event("S 220 hi")
+	for _, st := range []struct{ cmd, reply, want string }{
+		{"PASV", "227 Entering Passive Mode (192,0,2,20,117,48). Yes", "client< 227 Entering Passive Mode (198,51,100,1,156,64). Yes"},
+		{"EPSV", "229 Entering Extended Passive Mode (!!!30000!) ok", "client< 229 Entering Extended Passive Mode (!!!40001!) ok"},
+		{"EPSV", "229 (|||30001|)", "client< 229 (|||40002|)"},
+	} {
+		r.event("C " + st.cmd)
+		got := r.event("S " + st.reply)
+		if !slices.Contains(got, st.want) {
+			t.Errorf("%s, %s:\n%s\nwant a line %q", st.cmd, st.reply, strings.Join(got, "\n"), st.want)
+		}
+	}
 }

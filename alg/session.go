@@ -371,8 +371,10 @@ func (s *Session) open(ctx context.Context, op *Opening) error {
 	}
 	now := s.clock.Now()
 	acts = s.step(func(m *Machine) []Action { return m.Opened(op, now) })
-	s.log.Info("pinhole open", "pinhole", p.String(), "kind", op.Announcement.Kind.String(),
-		"announced", op.Announcement.Addr.String(), "rewritten", op.Plan.Announce.String())
+	if s.log.Enabled(ctx, slog.LevelInfo) { // the strings cost more than the rest of the reply path
+		s.log.Info("pinhole open", "pinhole", p.String(), "kind", op.Announcement.Kind.String(),
+			"announced", op.Announcement.Addr.String(), "rewritten", op.Plan.Announce.String())
+	}
 	return s.perform(ctx, acts)
 }
 

@@ -19,8 +19,9 @@ type clientWriter struct {
 	mu     sync.Mutex
 	cond   *sync.Cond
 	queue  [][]byte
-	queued int  // bytes in queue
-	busy   bool // a goroutine is writing
+	spare  [][]byte // a written queue, emptied, for the next push
+	queued int      // bytes in queue
+	busy   bool     // a goroutine is writing
 	err    error
 }
 
@@ -38,6 +39,9 @@ func newClientWriter(c net.Conn) *clientWriter {
 func (w *clientWriter) push(b []byte) {
 	w.mu.Lock()
 	if w.err == nil {
+		if w.queue == nil {
+			w.queue, w.spare = w.spare, nil
+		}
 		w.queue = append(w.queue, b)
 		w.queued += len(b)
 	}
@@ -62,7 +66,11 @@ func (w *clientWriter) drain() {
 				break
 			}
 		}
+		clear(batch) // the lines belong to their callers
 		w.mu.Lock()
+		if w.spare == nil {
+			w.spare = batch[:0]
+		}
 		w.queued = 0
 		for _, b := range w.queue {
 			w.queued += len(b)

@@ -98,7 +98,8 @@ func (p Pinhole) Validate() error {
 	if !p.Src.IsValid() || !p.Dst.IsValid() {
 		return fmt.Errorf("pinhole %s: source and destination are required", p.ID)
 	}
-	addrs := []netip.Addr{p.Src, p.Dst.Addr()}
+	var buf [4]netip.Addr // no allocation on the hot path
+	addrs := append(buf[:0], p.Src, p.Dst.Addr())
 	if p.DNAT.IsValid() {
 		addrs = append(addrs, p.DNAT.Addr())
 		if p.DNAT.Port() == 0 {

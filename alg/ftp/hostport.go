@@ -35,14 +35,23 @@ func ParsePORT(arg string) (netip.AddrPort, error) {
 // group inside a 227 reply. An IPv4-mapped IPv6 address is written as IPv4;
 // any other address that is not IPv4, and port 0, are errors.
 func FormatPORT(ap netip.AddrPort) (string, error) {
+	b, err := AppendPORT(make([]byte, 0, len("255,255,255,255,255,255")), ap)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// AppendPORT appends the PORT/227 form of ap to b, like FormatPORT, for
+// the reply path: no string in between. On error b is returned unchanged.
+func AppendPORT(b []byte, ap netip.AddrPort) ([]byte, error) {
 	a := ap.Addr().Unmap()
 	if !a.Is4() {
-		return "", fmt.Errorf("formatting PORT for %v: not an IPv4 address", ap)
+		return b, fmt.Errorf("formatting PORT for %v: not an IPv4 address", ap)
 	}
 	if ap.Port() == 0 {
-		return "", fmt.Errorf("formatting PORT for %v: port 0", ap)
+		return b, fmt.Errorf("formatting PORT for %v: port 0", ap)
 	}
-	b := make([]byte, 0, len("255,255,255,255,255,255"))
 	for _, o := range a.As4() {
 		b = strconv.AppendUint(b, uint64(o), 10)
 		b = append(b, ',')
@@ -50,7 +59,7 @@ func FormatPORT(ap netip.AddrPort) (string, error) {
 	b = strconv.AppendUint(b, uint64(ap.Port()>>8), 10)
 	b = append(b, ',')
 	b = strconv.AppendUint(b, uint64(ap.Port()&0xFF), 10)
-	return string(b), nil
+	return b, nil
 }
 
 // parseSix parses six comma-separated numbers starting at s[i]. It returns

@@ -89,6 +89,12 @@ func TestFormatPORT(t *testing.T) {
 		if (err != nil) != (tc.want == "") || got != tc.want {
 			t.Errorf("FormatPORT(%v) = %q, %v; want %q", tc.ap, got, err, tc.want)
 		}
+		// AppendPORT appends the same after what is there, and
+		// nothing on error.
+		b, err := AppendPORT([]byte("227 ("), tc.ap)
+		if (err != nil) != (tc.want == "") || string(b) != "227 ("+tc.want {
+			t.Errorf("AppendPORT(\"227 (\", %v) = %q, %v; want %q", tc.ap, b, err, "227 ("+tc.want)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/rules"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -358,6 +359,81 @@ func TestIPTablesRepairConcurrent(t *testing.T) {
 	}
 	if err := b.Verify(ctx); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestIPTablesCloseDuringReload is the interleaving behind the flakes of
+// TestIPTablesRepairConcurrent, made deterministic: a foreign reload takes
+// ftpalg's chains while a batch of Closes is being deleted, before its
+// filter table commits or between its filter and nat tables. The Closes
+// succeed (their rules went with the chains), in a bounded number of
+// restores, and the next Repair does not bring the pinholes back.
+func TestIPTablesCloseDuringReload(t *testing.T) {
+	for _, table := range []string{"filter", "nat"} {
+		t.Run("before "+table, func(t *testing.T) {
+			ctx := t.Context()
+			b, v4, v6 := newFakeBackend(t)
+			if err := b.Setup(ctx); err != nil {
+				t.Fatal(err)
+			}
+			clean := v4.save() + v6.save()
+			closing := []rules.Pinhole{numbered(reversePassive, 1), numbered(reversePassive, 2)}
+			stays := numbered(reversePassive, 3) // opened after the reload
+			for _, p := range closing {
+				if err := b.Open(ctx, p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fl := installFaults(v4)
+			closes := newGate(t, b, fl, true)
+			var reloaded atomic.Bool
+			first, _ := pinholeComment(closing[0])
+			fl.setFail(func(op, tbl, _ string, spec []string) error {
+				// Not in the gate's own restore: in the batch.
+				if c, _ := argAfter(spec, "--comment"); c != first {
+					return nil
+				}
+				if op == "Delete" && tbl == table && reloaded.CompareAndSwap(false, true) {
+					return reloadFake(v4, false)
+				}
+				return nil
+			})
+			var fns []func() error
+			for _, p := range closing {
+				fns = append(fns, func() error { return b.Close(ctx, p) })
+			}
+			done := make(chan []error)
+			go func() { done <- runConcurrently(fns...) }()
+			closes.waitQueued(len(closing))
+			restores := v4.restores
+			closes.release()
+			for i, err := range <-done {
+				if err != nil {
+					t.Errorf("Close of %v during a reload: %v", closing[i], err)
+				}
+			}
+			fl.setFail(nil)
+			if !reloaded.Load() {
+				t.Fatal("no reload during the Closes")
+			}
+			// The batch, and at most one restore of what was left.
+			if n := v4.restores - restores; n > 2 {
+				t.Errorf("the Closes took %d restores, want at most 2", n)
+			}
+			if repaired, err := b.Repair(ctx); err != nil || !repaired {
+				t.Fatalf("Repair = %v, %v; want true, nil", repaired, err)
+			}
+			if err := b.Open(ctx, stays); err != nil {
+				t.Fatal(err)
+			}
+			checkRules(t, b, wantRules(t, stays))
+			if err := b.Close(ctx, stays); err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(ownedLines(clean), ownedLines(v4.save()+v6.save())); d != "" {
+				t.Errorf("ftpalg's rules after the Closes and a Repair (-want +got):\n%s", d)
+			}
+		})
 	}
 }
 

@@ -234,15 +234,27 @@ func (t *Backend) apply(ctx context.Context, f *family, c change) (left []rule, 
 		}
 		b.mu.Lock()
 	}
-	// p leads: run everything queued, p's change included.
+	// p leads: run everything queued, p's change included, except the
+	// changes whose callers gave up before this run began (p's own, too,
+	// when p was chosen to lead as its context ended): withdrawn, they
+	// fail with their context's error and change nothing. A run of only
+	// such changes would have no deadline left to bound it.
 	b.running = true
 	batch := b.queue
 	b.queue = nil
 	b.mu.Unlock()
 
-	rctx, cancel := runContext(ctx, batch)
-	t.runBatch(rctx, f, batch)
-	cancel()
+	run := make([]*pending, 0, len(batch))
+	for _, q := range batch {
+		if q.err = q.ctx.Err(); q.err == nil {
+			run = append(run, q)
+		}
+	}
+	if len(run) > 0 {
+		rctx, cancel := runContext(ctx, run)
+		t.runBatch(rctx, f, run)
+		cancel()
+	}
 
 	for _, q := range batch {
 		if q != p {
@@ -289,16 +301,25 @@ func runContext(ctx context.Context, batch []*pending) (context.Context, context
 // someone else removed already) does not fail the others; unless the error
 // fails every change alike (failsAll), which trying each alone would only
 // repeat, once per change, while the callers queued behind the batch wait.
+// A batch of deletes that failed for a missing chain first drops the rules
+// a foreign flush took (deleteRest).
 func (t *Backend) runBatch(ctx context.Context, f *family, batch []*pending) {
 	changes := make([]change, len(batch))
-	var all []rule
 	for i, p := range batch {
 		changes[i] = p.c
-		all = append(all, p.c.rules...)
 	}
 	err := f.ipt.Restore(ctx, restoreInput(changes...))
 	if err == nil {
 		return
+	}
+	if batch[0].c.del {
+		if err = t.deleteRest(ctx, f, batch, err); err == nil {
+			return
+		}
+	}
+	var all []rule
+	for _, p := range batch {
+		all = append(all, p.c.rules...)
 	}
 	if failsAll(err) || ctx.Err() != nil {
 		t.log.Warn("iptables batch failed, failing all its changes",

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -246,6 +247,97 @@ func TestIPTablesOpenTimeoutBoundsRun(t *testing.T) {
 		}
 	}
 	t.Logf("both Opens returned %v after the hang began", time.Since(start).Round(time.Millisecond))
+	if after := v4.save(); after != before {
+		t.Errorf("failed Opens changed the firewall:\n%s\nwant:\n%s", after, before)
+	}
+}
+
+// endedCtx is a context whose end the test decides, and whose Done never
+// fires: the Open that waits with it never notices the end by itself, as
+// when its deadline passes just after the run before chose it to lead.
+type endedCtx struct {
+	context.Context
+	ended atomic.Bool
+}
+
+func (c *endedCtx) Err() error {
+	if c.ended.Load() {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// killedRestore holds the first restore of Opens until kill closes, and
+// every later one until its context ends, as a hung iptables-restore.
+type killedRestore struct {
+	*fakeIPTables
+	hung, kill chan struct{}
+	n          atomic.Int32
+}
+
+func (k *killedRestore) Restore(ctx context.Context, input []byte) error {
+	if !bytes.Contains(input, []byte("\n-A ")) {
+		return k.fakeIPTables.Restore(ctx, input)
+	}
+	if k.n.Add(1) == 1 {
+		close(k.hung)
+		<-k.kill
+		return errors.New("fake iptables-restore: killed")
+	}
+	<-ctx.Done()
+	return fmt.Errorf("fake iptables-restore: killed: %w", ctx.Err())
+}
+
+// TestIPTablesOpenLeadsAfterItsEnd checks that an Open chosen to lead the
+// next run after its context ended is withdrawn (it fails with its
+// context's error, nothing changes) rather than led into a run that no
+// deadline bounds. This was the rare hang of
+// TestIPTablesOpenTimeoutBoundsRun.
+func TestIPTablesOpenLeadsAfterItsEnd(t *testing.T) {
+	v4 := &killedRestore{fakeIPTables: newFakeIPTables(), hung: make(chan struct{}), kill: make(chan struct{})}
+	b := newIPTables(testLog(t), "fake", v4, newFakeIPTables())
+	if err := b.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	before := v4.save()
+	first := make(chan error, 1)
+	go func() { first <- b.Open(t.Context(), numbered(reversePassive, 310)) }()
+	<-v4.hung
+	late := &endedCtx{Context: context.Background()}
+	second := make(chan error, 1)
+	go func() { second <- b.Open(late, numbered(reversePassive, 311)) }()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		b.v4.adds.mu.Lock()
+		n := len(b.v4.adds.queue)
+		b.v4.adds.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second Open did not queue")
+		}
+	}
+	late.ended.Store(true)
+	close(v4.kill) // the first run fails; the second Open leads the next
+	select {
+	case err := <-first:
+		if err == nil {
+			t.Error("Open in a killed run succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Open in a killed run hangs")
+	}
+	select {
+	case err := <-second:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Open chosen to lead after its end = %v, want its context's error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Open chosen to lead after its end hangs in a run no deadline bounds")
+	}
+	if n := v4.n.Load(); n != 1 {
+		t.Errorf("%d restores of Opens ran, want 1", n)
+	}
 	if after := v4.save(); after != before {
 		t.Errorf("failed Opens changed the firewall:\n%s\nwant:\n%s", after, before)
 	}
