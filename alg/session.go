@@ -369,12 +369,14 @@ func (s *Session) open(ctx context.Context, op *Opening) error {
 		s.log.Error("opening pinhole", "pinhole", p.String(), "err", err)
 		return s.perform(ctx, s.step(func(m *Machine) []Action { return m.OpenFailed(op, err) }))
 	}
-	now := s.clock.Now()
-	acts = s.step(func(m *Machine) []Action { return m.Opened(op, now) })
+	// Logged before the announcement is released: a peer that reads the
+	// rewritten line may look for this line at once.
 	if s.log.Enabled(ctx, slog.LevelInfo) { // the strings cost more than the rest of the reply path
 		s.log.Info("pinhole open", "pinhole", p.String(), "kind", op.Announcement.Kind.String(),
 			"announced", op.Announcement.Addr.String(), "rewritten", op.Plan.Announce.String())
 	}
+	now := s.clock.Now()
+	acts = s.step(func(m *Machine) []Action { return m.Opened(op, now) })
 	return s.perform(ctx, acts)
 }
 
