@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strconv"
 	"time"
@@ -72,6 +73,25 @@ type Pinhole struct {
 	// Passive says the client opens the data connection (PASV/EPSV); else
 	// the server does (PORT/EPRT). For logs: which side is which.
 	Passive bool
+	// TLS, when set, says the data connection is an FTPS one that must be
+	// carried by a backend that terminates TLS on it (the relay); a kernel
+	// firewall cannot, and refuses such a pinhole.
+	TLS DataTLS
+}
+
+// DataTLS secures the two legs of one relayed FTPS data connection. In
+// FTPS the FTP client is the TLS client of every data connection whoever
+// opens the TCP connection, so ftpalg is the TLS server on the client leg
+// and the TLS client (or nothing, toward a plain server) on the server leg.
+type DataTLS interface {
+	// ClientLeg runs the TLS server handshake on the connection with the
+	// FTP client and returns the secured connection. It refuses (an error)
+	// a handshake that does not resume the control session's TLS session.
+	ClientLeg(ctx context.Context, c net.Conn) (net.Conn, error)
+	// ServerLeg secures the connection with the FTP server: a TLS client
+	// handshake resuming the upstream control session, or c itself toward
+	// a plain server.
+	ServerLeg(ctx context.Context, c net.Conn) (net.Conn, error)
 }
 
 // Session is the text form of the session the pinhole belongs to, e.g.
@@ -138,6 +158,9 @@ func (p Pinhole) String() string {
 	}
 	if p.SNAT.IsValid() {
 		s += " snat " + p.SNAT.String()
+	}
+	if p.TLS != nil {
+		s += " tls"
 	}
 	return s
 }

@@ -37,6 +37,9 @@ func (t *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("opening pinhole: %w", err)
 	}
+	if p.TLS != nil {
+		return fmt.Errorf("opening pinhole %v: the kernel cannot carry a TLS-terminated data connection (use the relay)", p)
+	}
 	comment, err := pinholeComment(p)
 	if err != nil {
 		return fmt.Errorf("opening pinhole %v: %w", p, err)

@@ -113,22 +113,46 @@ func (r *Backend) Connected(ctx context.Context, p rules.Pinhole) error {
 	select {
 	case <-w.done:
 		return w.err
+	default:
+	}
+	select {
+	case <-w.done:
+		return w.err
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for the data connection of %v: %w", p, ctx.Err())
 	}
 }
 
-// settle ends the wait of pinhole id with err.
+// settle ends the wait of pinhole id with err. A refused TLS data
+// connection is remembered for a while: the session asks only when the
+// transfer's final reply comes, after the refusal.
 func (r *Backend) settle(id rules.PinholeID, err error) {
 	r.mu.Lock()
 	w := r.waits[id]
-	delete(r.waits, id)
+	keep := w != nil && err != nil && !errors.Is(err, errRelayUnused) && !errors.Is(err, errRelayShutDown)
+	if !keep {
+		delete(r.waits, id)
+	}
 	r.mu.Unlock()
-	if w != nil {
-		w.err = err
-		close(w.done)
+	if w == nil {
+		return
+	}
+	w.err = err
+	close(w.done)
+	if keep {
+		time.AfterFunc(settledRetention, func() {
+			r.mu.Lock()
+			if r.waits[id] == w {
+				delete(r.waits, id)
+			}
+			r.mu.Unlock()
+		})
 	}
 }
+
+// settledRetention is how long Connected still reports a failed data
+// connection after the fact.
+const settledRetention = time.Minute
 
 var _ rules.Backend = (*Backend)(nil)
 

@@ -97,16 +97,36 @@ func (r *Backend) relay(t *relayTransfer) {
 		network = "tcp6"
 	}
 	conn, err := d.DialContext(r.ctx, network, target.String())
-	r.settle(p.ID, err)
 	if err != nil {
+		r.settle(p.ID, err)
 		abort(t.peer)
 		r.log.Warn("relay dial failed", "session", p.Session(), "pinhole", p.String(),
 			"peer", peer, "target", target, "err", err)
 		return
 	}
 	if !t.setTarget(conn) {
+		r.settle(p.ID, errRelayShutDown)
 		abort(conn) // Shutdown cut the transfer while dialling
 		return
+	}
+	var from, to net.Conn = t.peer, conn
+	if p.TLS != nil {
+		// The handshakes end the wait of Connected: a refusal (a client
+		// that did not resume its control session) reaches the session,
+		// which answers it on the control channel.
+		from, to, err = r.secure(p, t.peer, conn)
+		r.settle(p.ID, err)
+		if err != nil {
+			abort(t.peer)
+			abort(conn)
+			// The one log line of the refusal; the session replaces the
+			// transfer's final reply (see Connected).
+			r.log.Warn("refused", "session", p.Session(), "what", "data TLS", "pinhole", p.String(),
+				"peer", peer.String(), "why", err.Error())
+			return
+		}
+	} else {
+		r.settle(p.ID, nil)
 	}
 
 	// The conns are passed as they are (*net.TCPConn inside net.Conn), so
@@ -114,11 +134,11 @@ func (r *Backend) relay(t *relayTransfer) {
 	var up, down copyResult
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go relayCopy(conn, t.peer, &up, &wg)
-	go relayCopy(t.peer, conn, &down, &wg)
+	go relayCopy(to, from, &up, &wg)
+	go relayCopy(from, to, &down, &wg)
 	wg.Wait()
-	t.peer.Close()
-	conn.Close()
+	from.Close()
+	to.Close()
 
 	args := []any{"session", p.Session(), "pinhole", p.String(), "peer", peer,
 		"source", addrOf(conn.LocalAddr()), "target", target,
@@ -179,6 +199,9 @@ func relayCopy(dst, src net.Conn, res *copyResult, wg *sync.WaitGroup) {
 
 // abort closes c, with a reset rather than a FIN for TCP.
 func abort(c net.Conn) {
+	if l, ok := c.(interface{ Raw() net.Conn }); ok {
+		c = l.Raw() // a TLS leg: reset the TCP connection beneath
+	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetLinger(0)
 	}
