@@ -1,8 +1,8 @@
 #!/bin/sh
 # Installs what the end-to-end tests need on Debian 12 (run as root):
-# the FTP peers (vsftpd; curl and lftp as clients), iproute2, iptables,
-# conntrack, systemd (systemd-analyze verifies the unit; no service is
-# started), and pure-ftpd extracted from its package (it conflicts with
+# the FTP peers (vsftpd; curl, lftp and python3 ftplib as clients), iproute2,
+# iptables, conntrack, systemd (systemd-analyze verifies the unit; no service
+# is started), and pure-ftpd extracted from its package (it conflicts with
 # vsftpd, so it is not installed: dpkg-deb -x into $FTPALG_PEERS_ROOT,
 # default /opt/ftpservers/root, where test/netlab finds it).
 #
@@ -80,7 +80,7 @@ case "${1:-}" in
 	extract_pure_ftpd
 	;;
 "")
-	install_pkgs vsftpd lftp curl iproute2 iptables conntrack procps nftables systemd
+	install_pkgs vsftpd lftp curl iproute2 iptables conntrack procps nftables systemd python3
 	extract_pure_ftpd
 	;;
 *)

@@ -1,7 +1,6 @@
 package netlab
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -63,6 +62,10 @@ var Ops = []Op{Retr, Stor, List}
 // only; curl always uses EPSV/EPRT over IPv6; lftp sends EPRT only over
 // IPv6.
 func Supported(tool Tool, mode Mode, f Family) bool {
+	if isFTPLib(tool) {
+		// ftplib picks PASV/PORT over IPv4, EPSV/EPRT over IPv6.
+		return (f == IPv4) == (mode == PASV || mode == PORT)
+	}
 	if f == IPv6 {
 		return mode == EPSV || mode == EPRT
 	}
@@ -94,6 +97,10 @@ type Transfer struct {
 	// ConnectTimeout bounds the control and passive data connects
 	// (default 5 s); Timeout bounds the whole run (default 30 s).
 	ConnectTimeout, Timeout time.Duration
+	// TLS makes the client speak FTPS (see clients_tls.go); CAFile is the
+	// CA it verifies the server's certificate with.
+	TLS    TLSMode
+	CAFile string
 }
 
 // String describes the transfer for test names and logs, e.g.
@@ -202,6 +209,8 @@ func RunTransfer(ctx context.Context, ns *NS, x Transfer) Result {
 		}
 		name, args = "lftp", []string{"-f", script}
 		cleanup = func() { os.Remove(script) }
+	case FTPLib, FTPLibStock:
+		name, args = ftplibArgs(x)
 	default:
 		res.Err = fmt.Errorf("unknown client %q", x.Tool)
 		return res
@@ -259,12 +268,12 @@ func familyOf(a netip.Addr) Family {
 
 // ftpURL returns ftp://host:port/remote with the path escaped. A LIST URL
 // ends in "/".
-func ftpURL(x Transfer, dir bool) string {
+func ftpURL(x Transfer, scheme string, dir bool) string {
 	p := "/" + strings.Trim(x.Remote, "/")
 	if dir && !strings.HasSuffix(p, "/") {
 		p += "/"
 	}
-	return (&url.URL{Scheme: "ftp", Host: x.Server.String(), Path: p}).String()
+	return (&url.URL{Scheme: scheme, Host: x.Server.String(), Path: p}).String()
 }
 
 func secs(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()) }
@@ -295,13 +304,15 @@ func curlArgs(x Transfer) []string {
 	} else {
 		args = append(args, "--no-ftp-skip-pasv-ip")
 	}
+	tlsArgs, scheme := curlTLSArgs(x)
+	args = append(args, tlsArgs...)
 	switch x.Op {
 	case Retr:
-		args = append(args, "--output", x.Local, ftpURL(x, false))
+		args = append(args, "--output", x.Local, ftpURL(x, scheme, false))
 	case Stor:
-		args = append(args, "--upload-file", x.Local, ftpURL(x, false))
+		args = append(args, "--upload-file", x.Local, ftpURL(x, scheme, false))
 	case List:
-		args = append(args, ftpURL(x, true))
+		args = append(args, ftpURL(x, scheme, true))
 	}
 	return args
 }
@@ -317,7 +328,6 @@ func lftpScript(x Transfer) (string, error) {
 		"set net:persist-retries 0",
 		"set net:reconnect-interval-base 1",
 		fmt.Sprintf("set net:timeout %ds", int(math.Ceil(x.ConnectTimeout.Seconds()))),
-		"set ftp:ssl-allow no",
 		"set ftp:passive-mode " + onOff[x.Mode.Passive()],
 		"set ftp:auto-passive-mode no",
 		"set ftp:prefer-epsv " + yesNo[x.Mode == EPSV],
@@ -325,6 +335,8 @@ func lftpScript(x Transfer) (string, error) {
 		"set ftp:ignore-pasv-address " + yesNo[x.SkipPASVAddress],
 		"set xfer:clobber on",
 	}
+	tlsLines, scheme := lftpTLSLines(x)
+	lines = append(lines, tlsLines...)
 	if x.ActiveAddr != "" {
 		lines = append(lines, "set ftp:port-ipv4 "+lftpQuote(x.ActiveAddr))
 	}
@@ -338,7 +350,7 @@ func lftpScript(x Transfer) (string, error) {
 	if familyOf(x.Server.Addr()) == IPv6 {
 		host = "[" + host + "]"
 	}
-	lines = append(lines, fmt.Sprintf("open -u %s ftp://%s:%d", lftpQuote(user+","+pass), host, x.Server.Port()))
+	lines = append(lines, fmt.Sprintf("open -u %s %s://%s:%d", lftpQuote(user+","+pass), scheme, host, x.Server.Port()))
 	switch x.Op {
 	case Retr:
 		lines = append(lines, fmt.Sprintf("get %s -o %s", lftpQuote(x.Remote), lftpQuote(x.Local)))
@@ -367,25 +379,4 @@ func lftpScript(x Transfer) (string, error) {
 // lftpQuote quotes s for an lftp command line.
 func lftpQuote(s string) string {
 	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
-}
-
-// parseTrace extracts the command lines sent and reply lines received from
-// a client's protocol trace: curl -v writes "> CMD" and "< 227 ...", lftp's
-// debug output "---> CMD" and "<--- 227 ...".
-func parseTrace(tool Tool, trace string) (sent, replies []string) {
-	out, in := "> ", "< "
-	if tool == LFTP {
-		out, in = "---> ", "<--- "
-	}
-	sc := bufio.NewScanner(strings.NewReader(trace))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		if rest, ok := strings.CutPrefix(line, out); ok {
-			sent = append(sent, rest)
-		} else if rest, ok := strings.CutPrefix(line, in); ok {
-			replies = append(replies, rest)
-		}
-	}
-	return sent, replies
 }

@@ -54,6 +54,9 @@ type ServerOptions struct {
 	// Loopback makes vsftpd listen on 127.0.0.1 only (a sidecar's private
 	// server, reachable only from its own namespace). IPv4 only.
 	Loopback bool
+	// TLS, when set, makes the server speak FTPS (explicit, AUTH TLS) with
+	// this certificate, and require it (see servers_tls.go).
+	TLS *TLSFiles
 }
 
 // File is a file the server serves.
@@ -89,6 +92,8 @@ type Server struct {
 	UploadDir string
 	// Proc is the server process.
 	Proc *Proc
+	// TLS is the server's certificate when it speaks FTPS, else nil.
+	TLS *TLSFiles
 
 	uploadSeq int
 	mu        sync.Mutex
@@ -146,6 +151,7 @@ func newServer(t testing.TB, ns *NS, kind ServerKind, opts ServerOptions, pasvMi
 		Kind: kind, NS: ns, Port: opts.Port, PasvMin: opts.PasvMin, PasvMax: opts.PasvMax,
 		Root: filepath.Join(dir, "root"), ListDir: "/list", UploadDir: "/upload",
 		ListNames: []string{"alpha.txt", "beta.txt", "gamma.bin"},
+		TLS:       opts.TLS,
 	}
 	if err := s.populate(); err != nil {
 		t.Fatalf("creating content of %s: %v", kind, err)
@@ -217,7 +223,7 @@ func StartVsftpd(t testing.TB, ns *NS, opts ServerOptions) *Server {
 		"pasv_promiscuous=NO",
 		"seccomp_sandbox=NO",
 		"secure_chroot_dir=" + empty,
-		"ssl_enable=NO",
+		vsftpdTLSConf(opts),
 		"hide_ids=YES",
 		"xferlog_enable=YES",
 		"xferlog_std_format=NO",
@@ -293,10 +299,9 @@ fi
 	args := []string{
 		"-S", "," + strconv.Itoa(s.Port), // all addresses of both families
 		"-l", "extauth:" + sock,
-		"-E",      // no anonymous login
-		"-A",      // chroot everyone
-		"-H",      // no DNS
-		"-Y", "0", // no TLS
+		"-E", // no anonymous login
+		"-A", // chroot everyone
+		"-H", // no DNS
 		"-p", fmt.Sprintf("%d:%d", s.PasvMin, s.PasvMax),
 		"-U", "133:022",
 		"-I", "1", // idle timeout, minutes
@@ -305,6 +310,7 @@ fi
 	if opts.AllowForeignDataAddress {
 		args = append(args, "-w")
 	}
+	args = append(args, pureFTPdTLSArgs(opts)...)
 	s.Proc = ns.StartEnv(t, env, bin, args...)
 	s.waitReady(t)
 	return s
