@@ -51,7 +51,8 @@ type Machine struct {
 	last     time.Time // the last line either way
 	auth     authState
 	ended    bool
-	mirror   bool // see SetMirror
+	mirror   bool      // see SetMirror
+	term     termState // under TLSTerminate, see machine_tls.go
 
 	syntaxErrs, refusals int
 }
@@ -136,6 +137,11 @@ const (
 	// ActTLS: the AUTH was answered; Blind says the control channel is
 	// encrypted from here (TLS passthrough): relay bytes unread.
 	ActTLS
+	// ActStartTLS: the 234 to the client's AUTH TLS is queued (TLS
+	// termination): once it is written, run the TLS handshake on the
+	// client's connection, read on inside TLS and report TLSStarted. Read
+	// nothing before: the client's next bytes are its handshake.
+	ActStartTLS
 	// ActEnd: end the session: write Line (the reply ending it) to the
 	// client at once, log Refusal of What, close both connections.
 	ActEnd

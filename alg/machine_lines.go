@@ -30,6 +30,11 @@ func (m *Machine) ClientLine(now time.Time, line []byte) []Action {
 		return m.refuse(nil, VerbInvalid, "syntax", ref)
 	}
 	m.syntaxErrs = 0
+	if m.tls == TLSTerminate {
+		if acts, handled := m.tlsCommand(cmd); handled {
+			return acts
+		}
+	}
 	var acts []Action
 	switch cmd.Verb {
 	case "LPRT", "LPSV", "AUTH":
@@ -138,6 +143,8 @@ func (m *Machine) ServerReply(now time.Time, r ftp.Reply) []Action {
 		acts = m.closeCurrent(acts, "failed")
 	case verb == "REIN" && r.Code == 220:
 		acts = m.closeCurrent(acts, "reinitialised")
+	case verb == "FEAT" && r.Code == 211 && m.tls == TLSTerminate:
+		out = tlsFEAT(r)
 	case verb == "FEAT" && r.Code == 211 && m.tls == TLSRefuse:
 		out = stripAuth(r)
 	case verb == "AUTH" && m.auth == authPending:

@@ -66,6 +66,7 @@ func (m *Machine) Planned(op *Opening, plan Plan, err error) []Action {
 	plan.Pinhole.ID = rules.PinholeID{Session: m.id, N: m.nextN}
 	plan.Pinhole.TTL = m.pol.PinholeTTL
 	plan.Pinhole.Passive = op.Announcement.Kind.Passive()
+	plan.Pinhole.TLS = m.dataTLS()
 	op.Plan = plan
 	op.h = hole{p: plan.Pinhole, release: plan.Release}
 	op.hole = &op.h // one allocation less on the reply path

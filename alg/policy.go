@@ -62,13 +62,17 @@ type Policy struct {
 	// session is in progress (its transfer command awaits the final
 	// reply). Default 10m.
 	IdleTimeout time.Duration
+	// RequireTLS, under TLSTerminate, refuses USER before AUTH TLS.
+	RequireTLS bool
+	// RequireProtP, under TLSTerminate, refuses PROT C and any data
+	// connection announcement before PROT P.
+	RequireProtP bool
 }
 
 // TLSPolicy says what the proxy does with AUTH TLS/SSL.
 type TLSPolicy uint8
 
-// The TLS policies. A third, terminate (ftpalg holds the certificate and
-// reads the control channel), is designed in DESIGN.md and not built yet.
+// The TLS policies.
 const (
 	// TLSRefuse answers AUTH with 534 and removes the AUTH lines from FEAT
 	// replies, so clients fall back to plain FTP. The default.
@@ -77,6 +81,11 @@ const (
 	// ALG is blind: it relays bytes and opens nothing, so data connections
 	// break behind a strict firewall.
 	TLSPassthrough
+	// TLSTerminate: ftpalg holds the certificate, answers AUTH TLS, PBSZ,
+	// PROT and CCC itself and reads the control channel inside the TLS it
+	// terminates; protected data connections are relayed (see tls.go).
+	// The Session needs TLS and TLSBackend.
+	TLSTerminate
 )
 
 func (t TLSPolicy) String() string {
@@ -85,6 +94,8 @@ func (t TLSPolicy) String() string {
 		return "refuse"
 	case TLSPassthrough:
 		return "passthrough"
+	case TLSTerminate:
+		return "terminate"
 	}
 	return fmt.Sprintf("TLSPolicy(%d)", uint8(t))
 }
@@ -134,7 +145,7 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("policy: login and idle timeouts must be positive")
 	case p.MaxRefusals < 1:
 		return fmt.Errorf("policy: max refusals %d must be positive", p.MaxRefusals)
-	case p.TLS > TLSPassthrough:
+	case p.TLS > TLSTerminate:
 		return fmt.Errorf("policy: unknown TLS policy %v", p.TLS)
 	case p.MaxSyntaxErrors < 1:
 		return fmt.Errorf("policy: max syntax errors %d must be positive", p.MaxSyntaxErrors)

@@ -52,6 +52,8 @@ type Session struct {
 	Observer Observer
 	// Clock; if nil, the system clock.
 	Clock Clock
+	// TLSTermination is the TLS side under TLSTerminate (tls.go).
+	TLSTermination
 
 	log   *slog.Logger
 	pol   Policy
@@ -122,10 +124,14 @@ func (s *Session) init() error {
 		s.clock = realClock{}
 	}
 	s.room = sync.NewCond(&s.mu)
+	if err := s.initTLS(); err != nil {
+		return err
+	}
 	s.w = newClientWriter(s.Client)
-	s.closer = newCloser(s.Backend, s.pol.OpenTimeout, s.log, s.Observer)
+	s.closer = newCloser(s.backend, s.pol.OpenTimeout, s.log, s.Observer)
 	s.mu.Lock()
 	s.m = NewMachine(s.ID, s.ep, s.pol, s.clock.Now())
+	s.m.SetTLS(s.ClientTLS, s.TLS)
 	s.mu.Unlock()
 	s.authRes = make(chan bool, 1)
 	s.srvDone = make(chan struct{})
@@ -365,7 +371,7 @@ func (s *Session) open(ctx context.Context, op *Opening) error {
 	if s.Observer != nil {
 		s.Observer.PinholeOpening(p)
 	}
-	if err := s.Backend.Open(ctx, p); err != nil {
+	if err := s.backend.Open(ctx, p); err != nil {
 		s.log.Error("opening pinhole", "pinhole", p.String(), "err", err)
 		return s.perform(ctx, s.step(func(m *Machine) []Action { return m.OpenFailed(op, err) }))
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 
 	"github.com/ftpalg/ftpalg/alg/ftp"
+	"github.com/ftpalg/ftpalg/alg/ftps"
 	"github.com/ftpalg/ftpalg/rules"
 )
 
@@ -42,10 +43,16 @@ func (s *Session) clientToServer(ctx context.Context) error {
 			return err
 		}
 		for _, a := range acts {
-			if a.Kind == ActHoldClient {
+			switch a.Kind {
+			case ActHoldClient:
 				if err := s.holdForAuth(ctx); err != nil {
 					return err
 				}
+			case ActStartTLS:
+				if err := s.startTLS(ctx, lr.Buffered()); err != nil {
+					return err
+				}
+				lr = ftp.NewLineReader(s.Client, s.pol.MaxLine)
 			}
 		}
 	}
@@ -85,9 +92,17 @@ func (s *Session) serverToClient(ctx context.Context) error {
 		}
 		s.mu.Lock()
 		ph, wait := s.m.AwaitData(r)
+		transfer := !r.Preliminary() && transferVerbs[s.m.Head()]
 		s.mu.Unlock()
 		if wait {
-			s.awaitData(ctx, ph)
+			if err := s.awaitData(ctx, ph); errors.Is(err, ftps.ErrNotResumed) {
+				// The relay refused the data connection (and logged it):
+				// the client gets the reason, not the server's reply to
+				// a reset.
+				r = notResumed
+			}
+		} else if transfer && s.refusedData() {
+			r = notResumed
 		}
 		now := s.clock.Now()
 		acts := s.step(func(m *Machine) []Action { return m.ServerReply(now, r) })
@@ -114,14 +129,16 @@ func (s *Session) serverToClient(ctx context.Context) error {
 // carries the data connection itself (the relay) has connected it: a
 // server may finish writing into the relay, and send 226, before the relay
 // reached the client, and clients such as curl then fail.
-func (s *Session) awaitData(ctx context.Context, p rules.Pinhole) {
-	c, ok := s.Backend.(rules.Connector)
+func (s *Session) awaitData(ctx context.Context, p rules.Pinhole) error {
+	c, ok := s.backend.(rules.Connector)
 	if !ok {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.pol.OpenTimeout)
 	defer cancel()
-	if err := c.Connected(ctx, p); err != nil {
+	err := c.Connected(ctx, p)
+	if err != nil && !errors.Is(err, ftps.ErrNotResumed) {
 		s.log.Warn("data connection not relayed", "pinhole", p.ID.String(), "err", err)
 	}
+	return err
 }

@@ -73,6 +73,10 @@ type Config struct {
 	LogFormat     string `toml:"log-format"`
 	LogLevel      string `toml:"log-level"`
 	LogTarget     string `toml:"log-target"`
+
+	// TLSConfig is --tls terminate's (tls.go); embedded, its keys are
+	// top-level like every other.
+	TLSConfig
 }
 
 // Duration is a time.Duration written as "30s" in the file and on the
@@ -99,7 +103,7 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 var (
 	modes      = []string{string(ModeGateway), string(ModeReverse)}
 	backends   = []string{"auto", "nftables", "iptables", "relay"}
-	tlsModes   = []string{"refuse", "passthrough"}
+	tlsModes   = []string{"refuse", "passthrough", "terminate"}
 	logFormats = []string{"text", "json"}
 	logLevels  = []string{"debug", "info", "warn", "error"}
 	logTargets = []string{"stderr", "syslog", "journald"}
@@ -135,6 +139,7 @@ func DefaultConfig() Config {
 		LogFormat:       "text",
 		LogLevel:        "info",
 		LogTarget:       "stderr",
+		TLSConfig:       TLSConfig{TLSUpstream: "plain"},
 	}
 }
 
@@ -226,7 +231,10 @@ func (c *Config) Validate() error {
 		return bad("data-ports", "%s starts below min-data-port %d", c.DataPorts, c.MinDataPort)
 	}
 	if !slices.Contains(tlsModes, c.TLS) {
-		return bad("tls", "%q: want refuse or passthrough", c.TLS)
+		return bad("tls", "%q: want refuse, passthrough or terminate", c.TLS)
+	}
+	if err := c.validateTLS(); err != nil {
+		return err
 	}
 	if c.AllowTLS && c.TLS != "refuse" && c.TLS != "passthrough" {
 		return bad("allow-tls", "contradicts tls = %q", c.TLS)
@@ -308,9 +316,7 @@ func splitHostPortStrict(s string) (string, string, error) {
 func (c *Config) Policy() alg.Policy {
 	p := alg.DefaultPolicy()
 	p.MinDataPort = uint16(min(max(c.MinDataPort, 0), 65535))
-	if c.TLS == "passthrough" || c.AllowTLS {
-		p.TLS = alg.TLSPassthrough
-	}
+	c.tlsPolicy(&p)
 	p.MaxLine = c.MaxLine
 	p.MaxReplyLines = c.MaxReplyLines
 	p.MaxPending = c.MaxPending
@@ -337,5 +343,5 @@ func restartOnly(a, b Config) []string {
 			out = append(out, o.name)
 		}
 	}
-	return out
+	return append(out, tlsRestart(a, b)...)
 }

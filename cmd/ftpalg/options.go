@@ -51,7 +51,7 @@ var options = []option{
 
 	{"min-data-port", "policy (reloadable)", "data ports below this are refused", true,
 		func(c *Config) flag.Value { return (*intVar)(&c.MinDataPort) }},
-	{"tls", "policy (reloadable)", "AUTH TLS/SSL: refuse (clients fall back to plain FTP) or passthrough (blind: nothing is opened)", true,
+	{"tls", "policy (reloadable)", "AUTH TLS/SSL: refuse (clients fall back to plain FTP), passthrough (blind: nothing is opened) or terminate (ftpalg holds the certificate; reverse mode; turning it on or off needs a restart)", true,
 		func(c *Config) flag.Value { return enumVar{&c.TLS, tlsModes} }},
 	{"allow-tls", "policy (reloadable)", "deprecated: the same as --tls passthrough", true,
 		func(c *Config) flag.Value { return (*boolVar)(&c.AllowTLS) }},

@@ -50,6 +50,7 @@ func (d *daemon) handleSignals(cancel func()) (stop func()) {
 // reload re-reads the file and the flags (which still win) and applies
 // what can change to new sessions; see the README's "Reloading".
 func (d *daemon) reload() {
+	d.reloadCert()
 	if d.path == "" {
 		d.log.Warn("reload: nothing to reload (no --config file)")
 		return

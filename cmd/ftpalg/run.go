@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/alg"
+	"github.com/ftpalg/ftpalg/alg/ftps"
 	"github.com/ftpalg/ftpalg/nat"
 	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/rules/iptables"
@@ -138,6 +139,7 @@ type daemon struct {
 	ipt      *iptables.Backend // nil with the relay backend
 	relay    *relay.Backend    // nil with the iptables backend
 	listens  []net.Listener
+	cert     *ftps.Cert // with --tls terminate: re-read on SIGHUP
 	holes    pinholes
 	obs      observers // handed to the proxy before it serves
 	ready    atomic.Bool
@@ -190,6 +192,9 @@ func (d *daemon) run(ctx context.Context) (err error) {
 		}
 		d.listens = append(d.listens, ln)
 		d.cleanups = append(d.cleanups, func() { ln.Close() }) // Serve closes it too; harmless
+	}
+	if err := d.listenImplicit(); err != nil {
+		return err
 	}
 	if err := d.installFirewall(ctx); err != nil {
 		return err
@@ -314,6 +319,9 @@ func (d *daemon) build(ctx context.Context) error {
 		return usagef("--backend %s is not available in this build", c.Backend)
 	}
 	d.proxy.Backend = d.met.timed(b)
+	if err := d.setupTLS(b); err != nil {
+		return err
+	}
 	// The pinhole table (status) and its metrics; conntrack adds its
 	// watcher. The proxy gets them all before it serves.
 	d.obs = append(d.obs, tableObserver{d})

@@ -57,6 +57,12 @@ type watchObserver struct {
 }
 
 func (o *watchObserver) PinholeOpening(p rules.Pinhole) {
+	if p.TLS != nil {
+		// Relayed (FTPS): the relay is single use itself, and a close at
+		// the flow's first packet would close its listener before it
+		// accepted the connection (a reset).
+		return
+	}
 	o.passive.Store(p.ID, p.Passive)
 	o.w.Expect(p.ID, conntrack.Match{Src: p.Src, Dst: p.Dst})
 }
