@@ -9,6 +9,7 @@ import (
 
 	"github.com/ftpalg/ftpalg/alg"
 	"github.com/ftpalg/ftpalg/alg/ftp"
+	"github.com/ftpalg/ftpalg/alg/ftps"
 )
 
 // Pseudo-verbs in the FIFO of outstanding commands.
@@ -128,6 +129,15 @@ func (s *sess) pumpOf(dir string) *pump {
 func (s *sess) data(t time.Time, dir string, b []byte) {
 	s.touch(t)
 	if s.blind {
+		return
+	}
+	if s.payload == 0 && ftps.IsTLSRecord(b) {
+		// Implicit FTPS (port 990 style): TLS from the first byte.
+		s.payload += len(b)
+		s.event(Event{Time: t, Dir: dir, Kind: "encrypted",
+			Line: "TLS from the first byte (implicit FTPS): the session is opaque to a capture; ftpalg with --tls terminate reads it inside the TLS it holds"})
+		s.rep.State = "encrypted"
+		s.stop()
 		return
 	}
 	s.payload += len(b)

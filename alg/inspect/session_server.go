@@ -88,7 +88,7 @@ func (s *sess) reply(t time.Time, r ftp.Reply) {
 				fmt.Sprintf("%d reply answers %s, not %s: ftpalg passes it on as plain text and opens nothing", r.Code, answers, want), "", false)
 		}
 	case verb == "AUTH" && r.Code == 234:
-		ev.Note = "the control channel is encrypted from here; ftpalg would be blind (with --allow-tls) or would have refused the AUTH"
+		ev.Note = "the control channel is encrypted from here; ftpalg refuses the AUTH (--tls refuse), is blind (--tls passthrough), or holds the TLS itself and still reads the session (--tls terminate)"
 		s.event(ev)
 		s.event(Event{Time: t, Dir: DirServer, Kind: "encrypted", Line: "TLS after AUTH: the rest of the session is not inspected"})
 		s.rep.State = "encrypted"
