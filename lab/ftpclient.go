@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,8 @@ type Client struct {
 	// Timeout bounds each exchange on the control connection and the
 	// establishment of a data connection. If zero, 5s.
 	Timeout time.Duration
+	// DataTLS, when set (StartTLS), secures every data connection.
+	DataTLS *tls.Config
 
 	c  net.Conn
 	rr *ftp.ReplyReader
@@ -256,6 +259,9 @@ func (c *Client) retr(ctx context.Context, name string, start time.Time, data fu
 	dc, err := data()
 	if err != nil {
 		return Download{}, err
+	}
+	if c.DataTLS != nil {
+		dc = tls.Client(dc, c.DataTLS) // the client is the TLS client either way
 	}
 	defer dc.Close()
 	dc.SetReadDeadline(time.Now().Add(30 * time.Second))

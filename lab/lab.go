@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -83,7 +84,7 @@ const (
 const dropWait = 2 * time.Second
 
 // totalSteps is the number of steps Run narrates.
-const totalSteps = 11
+const totalSteps = 11 + ftpsSteps
 
 // Run builds the lab network, tells the story of FTP through a strict
 // firewall without and with ftpalg, and removes the network again (unless
@@ -172,9 +173,10 @@ type runner struct {
 	capture *capture
 	ct      *conntrack.Conn
 
-	srvStop func() error
-	file    []byte
-	hash    [32]byte
+	srvStop  func() error
+	file     []byte
+	hash     [32]byte
+	tlsRoots *x509.CertPool // trusts ftpalg's certificate in act 4
 
 	mu    sync.Mutex
 	notes []Note

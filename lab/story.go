@@ -18,6 +18,7 @@ type transfer struct {
 	mode string // "" (no ftpalg), "gateway" or "reverse"
 	verb string // PASV, EPSV, PORT or EPRT
 	v6   bool
+	tls  bool // FTPS (act 4)
 }
 
 func (x transfer) passive() bool  { return x.verb == "PASV" || x.verb == "EPSV" }
@@ -35,6 +36,9 @@ func (x transfer) title() string {
 	mode := "without ftpalg"
 	if x.mode != "" {
 		mode = "ftpalg " + x.mode + " mode"
+	}
+	if x.tls {
+		mode = "FTPS, " + mode
 	}
 	return fmt.Sprintf("%s, %s (%s), %s", mode, how, x.verb, fam)
 }
@@ -109,6 +113,10 @@ func (r *runner) story(ctx context.Context) {
 	r.transferStep(ctx, transfer{mode: "reverse", verb: "EPSV", v6: true})
 	r.transferStep(ctx, transfer{mode: "reverse", verb: "PORT"})
 	r.stopStep(ctx, "reverse")
+	if ctx.Err() != nil {
+		return
+	}
+	r.ftpsAct(ctx, revArgs)
 }
 
 // quoteArgs quotes the arguments that contain spaces, as iptables -S does.

@@ -40,6 +40,11 @@ func (r *runner) transfer(ctx context.Context, x transfer) (bool, string) {
 		return false, err.Error()
 	}
 	defer c.Close()
+	if x.tls {
+		if err := r.startTLS(ctx, c, x.v6); err != nil {
+			return false, err.Error()
+		}
+	}
 	if err := c.Login(ctx, labUser, labPass); err != nil {
 		return false, err.Error()
 	}
@@ -139,7 +144,11 @@ func (r *runner) transfer(ctx context.Context, x transfer) (bool, string) {
 	if ok, detail := r.showClose(ctx, mark, id); !ok {
 		return false, detail
 	}
-	r.showCount(ctx, mark, id)
+	if x.tls {
+		r.showRelay(ctx, mark, id)
+	} else {
+		r.showCount(ctx, mark, id)
+	}
 	_, _ = c.Cmd(ctx, "QUIT")
 	return true, fmt.Sprintf("%s arrived intact through a pinhole that is closed again", formatBytes(float64(d.Bytes)))
 }
