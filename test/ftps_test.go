@@ -233,3 +233,40 @@ func slicesContains(lines []string, prefix string) bool {
 	}
 	return false
 }
+
+// TestFTPSRequire: with --tls-require and --tls-require-prot a plain FTP
+// client is refused at USER (a 530 and one log line) while FTPS clients,
+// which protect their data, pass.
+func TestFTPSRequire(t *testing.T) {
+	netlab.RequireTools(t, "python3")
+	topo, ctx := gatewayTopo(t)
+	srv := netlab.StartServer(t, topo.Client, netlab.Vsftpd, netlab.ServerOptions{})
+	certs := netlab.NewTLSFiles(t, gwOutside(netlab.IPv4).String(), gwOutside(netlab.IPv6).String())
+	a := startALG(t, topo.GW, ftpsArgs("iptables", certs, "--tls-require", "--tls-require-prot")...)
+
+	plain := srv.Transfer(t, netlab.Curl, netlab.EPSV, netlab.List, netlab.IPv4)
+	plain.Server = publicAddr(netlab.IPv4)
+	r := netlab.RunTransfer(ctx, topo.Server, plain)
+	if r.Err == nil || !slicesContains(r.Replies, "530 ftpalg: TLS required") {
+		t.Errorf("a plain FTP client was not refused at login:\n%s", r.Summary())
+	}
+	refused := a.Logs("refused")
+	if len(refused) != 1 || refused[0]["what"] != "USER" {
+		t.Errorf("want one refusal log line for USER, got %v", refused)
+	}
+	var xs []netlab.Transfer
+	for _, tool := range tlsTools {
+		x := srv.Transfer(t, tool, netlab.EPSV, netlab.List, netlab.IPv6)
+		x.TLS, x.CAFile, x.Server = netlab.TLSExplicit, certs.CA, publicAddr(netlab.IPv6)
+		xs = append(xs, x)
+	}
+	for _, r := range netlab.RunAll(ctx, topo.Server, xs, 3) {
+		if err := srv.Verify(r); err != nil {
+			t.Errorf("%v with TLS required: %v", r.Transfer, err)
+		}
+	}
+	if n := len(a.Logs("refused")); n != 1 {
+		t.Errorf("FTPS clients were refused: %v", a.Logs("refused"))
+	}
+	a.StopClean()
+}
