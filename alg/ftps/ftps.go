@@ -304,9 +304,11 @@ func (s *Session) ServerLeg(ctx context.Context, c net.Conn) (net.Conn, error) {
 	if err := handshake(ctx, tc); err != nil {
 		return nil, fmt.Errorf("TLS handshake on the server's data connection: %w", err)
 	}
-	if !tc.ConnectionState().DidResume {
-		// The server decides whether it minds (vsftpd require_ssl_reuse
-		// does); the transfer reply will say.
+	if !tc.ConnectionState().DidResume && s.resumable {
+		// A server that issued a ticket did not take it back. It
+		// decides whether it minds (vsftpd require_ssl_reuse does); the
+		// transfer reply will say. A server that issues none (pure-ftpd)
+		// makes a full handshake every time: nothing to report.
 		return leg{tc, c}, fmt.Errorf("server's data connection: %w", errUpstreamNotResumed)
 	}
 	return leg{tc, c}, nil
