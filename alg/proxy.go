@@ -52,10 +52,7 @@ type Proxy struct {
 	DrainTimeout time.Duration
 	// Observer, if set, is handed to every Session.
 	Observer Observer
-	// TLS, when set, terminates FTPS (Policy.TLS TLSTerminate): every
-	// session gets an ftps.Session, the upstream is secured first when the
-	// server speaks FTPS, and TLSBackend carries the protected data
-	// connections. Listeners wrapped by ImplicitTLS serve implicit FTPS.
+	// TLS and TLSBackend terminate FTPS under TLSTerminate (see secure).
 	TLS        *ftps.Terminator
 	TLSBackend rules.Backend
 
@@ -334,10 +331,7 @@ func (p *Proxy) reject(c net.Conn, client, server netip.AddrPort, what, why, rep
 }
 
 func (p *Proxy) run(ctx context.Context, id uint64, c net.Conn, client netip.AddrPort) {
-	implicit := false
-	if ic, ok := c.(implicitConn); ok {
-		c, implicit = ic.Conn, true
-	}
+	c, implicit := unwrapImplicit(c)
 	srv, err := p.Upstream(c)
 	if err != nil {
 		p.reject(c, client, netip.AddrPort{}, "upstream", err.Error(), "421 ftpalg: no server for this connection")
@@ -367,12 +361,10 @@ func (p *Proxy) run(ctx context.Context, id uint64, c net.Conn, client netip.Add
 		return
 	}
 	var tsess *ftps.Session
-	if p.TLS != nil {
-		if tsess, c, u, err = p.secure(dctx, c, u, srv, implicit); err != nil {
-			p.reject(c, client, srv, "TLS", err.Error(), "421 ftpalg: cannot set up TLS for this session")
-			u.Close()
-			return
-		}
+	if tsess, c, u, err = p.secure(dctx, c, u, srv, implicit); err != nil {
+		p.reject(c, client, srv, "TLS", err.Error(), "421 ftpalg: cannot set up TLS for this session")
+		u.Close()
+		return
 	}
 	dialled := srv
 	if !p.Transparent {
@@ -402,43 +394,4 @@ func (p *Proxy) run(ctx context.Context, id uint64, c net.Conn, client netip.Add
 	} else {
 		log.Info("session end", "duration", time.Since(start).Round(time.Millisecond))
 	}
-}
-
-// ImplicitTLS marks the connections of ln as implicit FTPS (TLS from the
-// first byte, port 990 style) for a Proxy with TLS.
-func ImplicitTLS(ln net.Listener) net.Listener { return implicitListener{ln} }
-
-type implicitListener struct{ net.Listener }
-
-func (l implicitListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return implicitConn{c}, nil
-}
-
-type implicitConn struct{ net.Conn }
-
-// secure sets up TLS for one session: the client's handshake first on an
-// implicit listener, then the upstream control connection secured when the
-// server speaks FTPS. On an error the returned client conn is the one to
-// answer on (in the clear if its handshake failed).
-func (p *Proxy) secure(ctx context.Context, c, u net.Conn, srv netip.AddrPort, implicit bool) (*ftps.Session, net.Conn, net.Conn, error) {
-	tsess, err := p.TLS.NewSession(srv)
-	if err != nil {
-		return nil, c, u, err
-	}
-	if implicit {
-		tc, err := tsess.ServeControl(ctx, c)
-		if err != nil {
-			return nil, c, u, err
-		}
-		c = tc
-	}
-	su, err := tsess.SecureUpstream(ctx, u, p.TLS.Upstream())
-	if err != nil {
-		return nil, c, u, fmt.Errorf("securing the server connection: %w", err)
-	}
-	return tsess, c, su, nil
 }

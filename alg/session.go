@@ -51,9 +51,8 @@ type Session struct {
 	// Observer, if set, learns of every pinhole's life.
 	Observer Observer
 	// Clock; if nil, the system clock.
-	Clock Clock
-	// TLSTermination is the TLS side under TLSTerminate (tls.go).
-	TLSTermination
+	Clock          Clock
+	TLSTermination // the TLS side under TLSTerminate (tls.go)
 
 	log   *slog.Logger
 	pol   Policy

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -184,4 +185,57 @@ func (s *Session) refusedData() bool {
 	now, cancel := context.WithCancel(context.Background())
 	cancel()
 	return errors.Is(c.Connected(now, p), ftps.ErrNotResumed)
+}
+
+// ImplicitTLS marks the connections of ln as implicit FTPS (TLS from the
+// first byte, port 990 style) for a Proxy with TLS.
+func ImplicitTLS(ln net.Listener) net.Listener { return implicitListener{ln} }
+
+type implicitListener struct{ net.Listener }
+
+func (l implicitListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return implicitConn{c}, nil
+}
+
+type implicitConn struct{ net.Conn }
+
+// unwrapImplicit returns the conn an implicit listener accepted, and
+// whether it was one.
+func unwrapImplicit(c net.Conn) (net.Conn, bool) {
+	if ic, ok := c.(implicitConn); ok {
+		return ic.Conn, true
+	}
+	return c, false
+}
+
+// secure sets up TLS for one session of a Proxy with TLS (TLSTerminate):
+// every session gets an ftps.Session; the client's handshake comes first on
+// an implicit listener, then the upstream control connection is secured
+// when the server speaks FTPS; TLSBackend carries the protected data
+// connections. On an error the returned client conn is the one to answer
+// on (in the clear if its handshake failed). Without TLS it does nothing.
+func (p *Proxy) secure(ctx context.Context, c, u net.Conn, srv netip.AddrPort, implicit bool) (*ftps.Session, net.Conn, net.Conn, error) {
+	if p.TLS == nil {
+		return nil, c, u, nil
+	}
+	tsess, err := p.TLS.NewSession(srv)
+	if err != nil {
+		return nil, c, u, err
+	}
+	if implicit {
+		tc, err := tsess.ServeControl(ctx, c)
+		if err != nil {
+			return nil, c, u, err
+		}
+		c = tc
+	}
+	su, err := tsess.SecureUpstream(ctx, u, p.TLS.Upstream())
+	if err != nil {
+		return nil, c, u, fmt.Errorf("securing the server connection: %w", err)
+	}
+	return tsess, c, su, nil
 }

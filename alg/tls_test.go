@@ -103,7 +103,7 @@ func (h *tlsHarness) s(line string) {
 
 func (h *tlsHarness) c(line string) {
 	h.t.Helper()
-	h.conn.SetWriteDeadline(time.Now().Add(wait))
+	h.conn.SetWriteDeadline(time.Now().Add(tlsWait))
 	if _, err := h.conn.Write([]byte(line + "\r\n")); err != nil {
 		h.t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func (h *tlsHarness) c(line string) {
 // expect reads the client's next reply line and checks its start.
 func (h *tlsHarness) expect(prefix string) string {
 	h.t.Helper()
-	h.conn.SetReadDeadline(time.Now().Add(wait))
+	h.conn.SetReadDeadline(time.Now().Add(tlsWait))
 	l, err := h.rd.ReadString('\n')
 	if err != nil || !strings.HasPrefix(l, prefix) {
 		h.t.Fatalf("client got %q (%v), want %q...", l, err, prefix)
@@ -122,7 +122,7 @@ func (h *tlsHarness) expect(prefix string) string {
 
 func (h *tlsHarness) toServer(want string) {
 	h.t.Helper()
-	if got := h.atServer.take(len(want), wait); got != want {
+	if got := h.atServer.take(len(want), tlsWait); got != want {
 		h.t.Fatalf("server received %q, want %q", got, want)
 	}
 }
@@ -133,7 +133,7 @@ func (h *tlsHarness) auth() {
 	h.c("AUTH TLS")
 	h.expect("234 ")
 	tc := tls.Client(h.raw, &tls.Config{ServerName: "ftpalg.example", RootCAs: h.pool})
-	tc.SetDeadline(time.Now().Add(wait))
+	tc.SetDeadline(time.Now().Add(tlsWait))
 	if err := tc.Handshake(); err != nil {
 		h.t.Fatalf("handshake: %v", err)
 	}
@@ -226,7 +226,7 @@ func TestTLSHandshakeFails(t *testing.T) {
 	h.c("AUTH TLS")
 	h.expect("234 ")
 	h.c("USER not-tls")
-	h.raw.SetReadDeadline(time.Now().Add(wait))
+	h.raw.SetReadDeadline(time.Now().Add(tlsWait))
 	var err error
 	for err == nil {
 		_, err = h.rd.ReadByte() // an alert, then the end
@@ -241,3 +241,7 @@ func TestTLSHandshakeFails(t *testing.T) {
 		t.Fatalf("server received %q", r)
 	}
 }
+
+// tlsWait bounds each step of the TLS tests: generous, for a handshake
+// under the race detector on a busy machine.
+const tlsWait = 15 * time.Second
