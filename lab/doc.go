@@ -23,8 +23,10 @@
 // story is told from its JSON log lines ("pinhole open", "pinhole closed",
 // "transfer", "refused"). The FTP server (Server) and client (Client) are
 // built in, on top of package alg/ftp's codec: their sockets are created in
-// the server's and the client's namespaces. No FTP software is needed, only
-// iproute2 and iptables (install.sh installs them).
+// the server's and the client's namespaces. The network itself is made
+// over netlink by package lab/netlab, which the end-to-end tests share. No
+// FTP software is needed, only iptables and iproute2, whose `ip netns exec`
+// runs ftpalg and iptables in the gateway (install.sh installs them).
 //
 // Typical usage:
 //

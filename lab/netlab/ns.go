@@ -233,6 +233,9 @@ func Create(name string) (*NS, error) {
 	if err := os.MkdirAll(RunDir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", RunDir, err)
 	}
+	if err := shareRunDir(); err != nil {
+		return nil, err
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -269,6 +272,25 @@ func Create(name string) (*NS, error) {
 		return n, err
 	}
 	return n, nil
+}
+
+// shareRunDir makes RunDir a shared mount point, as `ip netns add` does, so
+// that the namespace files mounted there propagate to the mount namespaces
+// of programs run with `ip netns exec`, and so do their unmounts: without
+// it, such a program's copy of a removed namespace's mount would keep the
+// namespace (and its interfaces) alive, unseen, until the program ends.
+func shareRunDir() error {
+	err := unix.Mount("", RunDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if errors.Is(err, unix.EINVAL) { // not a mount point yet: make it one
+		if err := unix.Mount(RunDir, RunDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("making %s a mount point: %w", RunDir, err)
+		}
+		err = unix.Mount("", RunDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	}
+	if err != nil {
+		return fmt.Errorf("sharing the mounts under %s: %w", RunDir, err)
+	}
+	return nil
 }
 
 // Remove kills the processes in the namespace name, waits for them to go

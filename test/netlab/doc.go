@@ -28,7 +28,11 @@
 // namespace's firewall, routes or interfaces; Main fails the run if the root
 // firewall changed.
 //
-// The gateway's IPv6 neighbours are static: a strict firewall drops neighbour
+// The namespaces, their wiring and the address plan are package lab/netlab's
+// (over netlink), shared with `ftpalg lab`; NS embeds lab/netlab.NS. The
+// gateway's IPv6 neighbours are static: a strict firewall drops neighbour
 // discovery (conntrack never calls it ESTABLISHED), which would otherwise
-// break IPv6 through the gateway for reasons unrelated to FTP.
+// break IPv6 through the gateway for reasons unrelated to FTP. Root and tool
+// checks are lab/netlab/roottest's, the one place every package's root
+// tests ask.
 package netlab
