@@ -205,6 +205,7 @@ func pinholeRules(t testing.TB, ns *netlab.NS) []string {
 // waitNoPinholes waits until no per-session rule is left.
 func waitNoPinholes(t testing.TB, ns *netlab.NS, within time.Duration) {
 	t.Helper()
+	within = max(within, minWait)
 	deadline := time.Now().Add(within)
 	for {
 		left := pinholeRules(t, ns)
@@ -217,6 +218,12 @@ func waitNoPinholes(t testing.TB, ns *netlab.NS, within time.Duration) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// minWait is the least time the wait helpers give something that must
+// happen eventually (a pinhole closing, a session ending). They return as
+// soon as it has happened; the bound only says when to give up, and on a
+// machine busy with other work a few seconds is not enough.
+const minWait = 30 * time.Second
 
 // ctrl is a hand-driven FTP control connection.
 type ctrl struct {

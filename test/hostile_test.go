@@ -334,6 +334,7 @@ func sessionKey(t *testing.T, a *ALG, client, server netip.AddrPort) logKey {
 // waitSessionEnd waits for the "session end" line of k.
 func waitSessionEnd(t *testing.T, a *ALG, k logKey, within time.Duration) {
 	t.Helper()
+	within = max(within, minWait)
 	deadline := time.Now().Add(within)
 	for len(keyLogs(a, k, "session end")) == 0 {
 		if time.Now().After(deadline) {
@@ -425,6 +426,7 @@ func sessionPinholes(t *testing.T, ns *netlab.NS, session string) []string {
 // waitSessionPinholesGone waits until session owns no pinhole rule.
 func waitSessionPinholesGone(t *testing.T, ns *netlab.NS, session string, within time.Duration) {
 	t.Helper()
+	within = max(within, minWait)
 	deadline := time.Now().Add(within)
 	for {
 		left := sessionPinholes(t, ns, session)

@@ -592,7 +592,12 @@ func TestLoad1000Sessions(t *testing.T) {
 		float64(len(sessions))/transfers.Seconds(), (res.done - res.retrieved).Round(time.Millisecond),
 		float64(len(sessions))/res.done.Seconds())
 
-	waitNoPinholes(t, e.topo.GW, 30*time.Second)
+	// A thousand closes can take long on a busy machine (when a batch of
+	// deletes fails, the backend retries its changes one by one); what
+	// counts is that every pinhole goes. The time is logged.
+	closing := time.Now()
+	waitNoPinholes(t, e.topo.GW, 3*time.Minute)
+	t.Logf("all pinholes gone %v after the last QUIT", time.Since(closing).Round(100*time.Millisecond))
 	if n := len(a.Logs("pinhole open")); n < loadSessions {
 		t.Errorf("%d pinholes opened for %d transfers", n, loadSessions)
 	}
