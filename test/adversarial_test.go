@@ -747,7 +747,7 @@ func gatewayServerCases() []serverCase {
 // thirdHostRewritten: a 227 answering PASV but naming a third host is
 // rewritten to the real server, and the pinhole leads there only.
 func thirdHostRewritten(t *testing.T, l *advLab, k logKey, _ []ftp.Reply) {
-	opened := keyLogs(l.a, k, "pinhole open")
+	opened := waitKeyLogs(l.a, k, "pinhole open", 1)
 	if len(opened) != 1 {
 		t.Fatalf("%d pinhole open lines, want 1: %v", len(opened), opened)
 	}

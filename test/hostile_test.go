@@ -308,6 +308,21 @@ func keyLogs(a *ALG, k logKey, msg string) []map[string]any {
 	return out
 }
 
+// waitKeyLogs waits until ftpalg has logged at least n records with msg
+// about k and returns them all (fewer when it gives up after minWait). A
+// line may reach the log a moment after the peer saw the reply it is
+// about: the reply goes out on the session's writer.
+func waitKeyLogs(a *ALG, k logKey, msg string, n int) []map[string]any {
+	deadline := time.Now().Add(minWait)
+	for {
+		rs := keyLogs(a, k, msg)
+		if len(rs) >= n || time.Now().After(deadline) {
+			return rs
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // sessionKey waits for the "session start" line of the control connection
 // from client to server and returns its key. The latest such line is the
 // connection's: an earlier session with the same addresses has ended.

@@ -321,7 +321,14 @@ func Remove(ctx context.Context, name string) error {
 	}
 	var st unix.Stat_t
 	statErr := unix.Stat(filepath.Join(RunDir, name), &st)
-	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+	// As netns.DeleteNamed, but another process that removes the same
+	// namespace at once (a second `ftpalg lab --clean`) is no error: a
+	// file already unmounted (EINVAL) or gone is fine.
+	path := filepath.Join(RunDir, name)
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("deleting network namespace %s: %w", name, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("deleting network namespace %s: %w", name, err)
 	}
 	if statErr == nil {
