@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/lab/netlab/roottest"
 )
 
 // TestSystemdUnitVerifies runs systemd-analyze verify over the shipped unit,
@@ -127,25 +129,20 @@ func TestSdNotify(t *testing.T) {
 	}
 }
 
-// unavailable skips outside CI and fails under CI=true.
+// unavailable skips outside CI and fails under CI=true (roottest).
 func unavailable(t *testing.T, why string) {
 	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatal(why)
-	}
-	t.Skip(why)
+	roottest.Unavailable(t, "%s", why)
 }
 
 // TestPreflight: without CAP_NET_ADMIN one line says so; an --intercept
 // interface that does not exist is refused before anything is installed.
 // Neither reaches the firewall, so they run in the test's own namespace.
 func TestPreflight(t *testing.T) {
-	if os.Geteuid() != 0 {
-		unavailable(t, "needs root (to drop CAP_NET_ADMIN with setpriv)")
-	}
+	roottest.Require(t, "setpriv") // root, to drop CAP_NET_ADMIN with setpriv (util-linux)
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
-		unavailable(t, "setpriv (util-linux) not installed")
+		t.Fatal(err)
 	}
 	bin := buildFtpalg(t, t.TempDir())
 	out, err := exec.Command(setpriv, "--bounding-set", "-net_admin", "--inh-caps", "-net_admin",
