@@ -1,0 +1,640 @@
+package nftables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"regexp"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ftpalg/ftpalg/rules"
+	nft "github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/vishvananda/netns"
+)
+
+const (
+	// DefaultMark is the conntrack mark bit a connection gets when it
+	// consumes a pinhole or is intercepted (Config.Mark).
+	DefaultMark = 0x01000000
+	// ftpPort is the control port Intercept redirects.
+	ftpPort = 21
+	// defaultTTL is the kernel timeout of a pinhole without a TTL.
+	defaultTTL = 2 * time.Minute
+	// defaultLockWait bounds the wait for the xtables lock.
+	defaultLockWait = 5 * time.Second
+)
+
+// Config configures the nftables backend. The zero value is usable.
+type Config struct {
+	// Mark is the bit (or bits) of the conntrack mark that says "ftpalg
+	// admitted this connection": set on the first packet of a connection
+	// that consumes a pinhole or is intercepted, accepted by the one rule
+	// ftpalg puts at the top of the operator's filter chains. Zero means
+	// DefaultMark. Choose bits no other software on the host uses.
+	Mark uint32
+	// Log receives setup, teardown, repair and pinhole events. If nil,
+	// slog.Default.
+	Log *slog.Logger
+	// LockWait bounds the wait for the xtables lock of the iptables
+	// commands that add the accept rule to an iptables firewall. Zero
+	// means 5s.
+	LockWait time.Duration
+}
+
+// Backend makes pinholes live as elements of sets and maps in "table inet
+// ftpalg", each with a kernel timeout, consumed by its first connection.
+//
+// Typical usage:
+//
+//	b, err := nftables.New(nftables.Config{Log: log})
+//	err = b.Setup(ctx)        // sweep leftovers, create the table and the accept rules
+//	defer b.Teardown(context.WithoutCancel(ctx))
+//	go b.Watch(ctx, 0)        // put back what a foreign flush removed
+//	err = b.Open(ctx, p)      // ... b.Close(ctx, p)
+//
+// Its methods are safe for concurrent use. Setup, Teardown, Intercept,
+// AllowListeners and a Repair that finds damage run alone; Open, Close and
+// Rules run concurrently. The netlink sockets and the iptables commands it
+// runs belong to the network namespace that called New.
+type Backend struct {
+	log      *slog.Logger
+	mark     uint32
+	lockWait time.Duration
+	tb       *table
+	ns       netns.NsHandle // the namespace of New, for commands
+	conn     *nft.Conn      // table, chains, rules; lasting
+	ec       *elementConn   // pinhole elements
+
+	life sync.RWMutex // exclusive: Setup, Teardown, Intercept, AllowListeners, repair
+
+	mu        sync.Mutex // guards the fields below; never held during netlink I/O
+	ready     bool
+	open      map[string]*live // by pinhole ID
+	busy      map[string]bool
+	ifaces    []string // Intercept
+	listenP   uint16
+	listeners []netip.AddrPort // AllowListeners
+	accepts   []acceptRef      // the operator's chains that hold ftpalg's accept rule
+}
+
+// live is one open pinhole.
+type live struct {
+	p        rules.Pinhole
+	elems    []element
+	deadline time.Time // when the kernel drops its elements
+}
+
+var _ rules.Backend = (*Backend)(nil)
+
+// New opens the netlink sockets in the calling thread's network namespace
+// and checks that the kernel has nf_tables. It changes nothing; call Setup
+// before Open.
+func New(cfg Config) (*Backend, error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	mark := cfg.Mark
+	if mark == 0 {
+		mark = DefaultMark
+	}
+	wait := cfg.LockWait
+	if wait <= 0 {
+		wait = defaultLockWait
+	}
+	ns, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("getting the network namespace: %w", err)
+	}
+	conn, err := nft.New(nft.AsLasting(), nft.WithNetNSFd(int(ns)))
+	if err != nil {
+		ns.Close()
+		return nil, fmt.Errorf("opening nftables netlink: %w", err)
+	}
+	if _, err := conn.ListTables(); err != nil {
+		conn.CloseLasting()
+		ns.Close()
+		return nil, fmt.Errorf("listing nftables tables: %w", err)
+	}
+	return &Backend{
+		log: log, mark: mark, lockWait: wait, tb: newTable(mark), ns: ns, conn: conn,
+		ec:   &elementConn{netns: int(ns)},
+		open: map[string]*live{}, busy: map[string]bool{},
+	}, nil
+}
+
+// Probe reports whether nftables is usable here: the kernel answers a
+// listing of the nf_tables ruleset over netlink. It changes nothing.
+func Probe() error {
+	conn, err := nft.New()
+	if err != nil {
+		return fmt.Errorf("opening nftables netlink: %w", err)
+	}
+	if _, err := conn.ListTables(); err != nil {
+		return fmt.Errorf("listing nftables tables: %w", err)
+	}
+	return nil
+}
+
+// Release releases the netlink sockets; call it after Teardown.
+func (b *Backend) Release() error {
+	b.ec.close()
+	err := b.conn.CloseLasting()
+	b.ns.Close()
+	return err
+}
+
+// Mark returns the conntrack mark bits in use.
+func (b *Backend) Mark() uint32 { return b.mark }
+
+// Setup removes what a previous run left (the table and every accept rule
+// commented "ftpalg:accept" in the operator's chains), then creates the
+// table, its sets, maps and chains, and the accept rules. On error, Setup
+// removes what it added.
+func (b *Backend) Setup(ctx context.Context) error {
+	b.life.Lock()
+	defer b.life.Unlock()
+	b.forget()
+	if err := b.sweep(); err != nil {
+		return fmt.Errorf("setting up nftables: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := b.install()
+	var accepts []acceptRef
+	if err == nil {
+		accepts, err = b.installAccepts()
+	}
+	if err != nil {
+		err = fmt.Errorf("setting up nftables: %w", err)
+		if serr := b.sweep(); serr != nil {
+			err = errors.Join(err, fmt.Errorf("removing partial setup: %w", serr))
+		}
+		return err
+	}
+	b.mu.Lock()
+	b.ready = true
+	b.accepts = accepts
+	b.mu.Unlock()
+	b.log.Info("nftables table installed", "table", "inet "+tableName, "mark", fmt.Sprintf("%#x", b.mark),
+		"accept_rules", acceptNames(accepts))
+	return nil
+}
+
+// install creates the table with its sets, chains and fixed rules, and
+// the rules of Intercept and AllowListeners, in one batch.
+func (b *Backend) install() error {
+	b.mu.Lock()
+	ifaces, port, listeners := b.ifaces, b.listenP, b.listeners
+	b.mu.Unlock()
+	c := b.conn
+	c.AddTable(b.tb.t)
+	for _, s := range b.tb.sets {
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("adding set %s: %w", s.Name, err)
+		}
+	}
+	base := b.tb.baseRules()
+	for _, name := range chainOrder {
+		ch := c.AddChain(b.tb.chains[name])
+		if name == chainNPre {
+			for _, ifc := range ifaces {
+				c.AddRule(&nft.Rule{Table: b.tb.t, Chain: ch, Exprs: b.tb.interceptRule(ifc, port), UserData: comment(commentIntercept)})
+			}
+		}
+		if name == chainPre {
+			for _, r := range b.listenerRules(listeners) {
+				c.AddRule(&nft.Rule{Table: b.tb.t, Chain: ch, Exprs: r, UserData: comment(commentListener)})
+			}
+		}
+		for _, r := range base[name] {
+			cm := commentPinhole
+			switch name {
+			case chainNPre, chainNOut:
+				cm = commentDNAT
+			case chainNPst, chainNIn:
+				cm = commentSNAT
+			}
+			c.AddRule(&nft.Rule{Table: b.tb.t, Chain: ch, Exprs: r, UserData: comment(cm)})
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("creating table inet %s: %w", tableName, err)
+	}
+	return nil
+}
+
+// Teardown removes everything ftpalg added: the table (and with it every
+// pinhole) and the accept rules in the operator's chains, and any leftover
+// of an earlier run. It is idempotent and not interrupted by ctx.
+func (b *Backend) Teardown(ctx context.Context) error {
+	b.life.Lock()
+	defer b.life.Unlock()
+	b.forget()
+	b.mu.Lock()
+	b.ifaces, b.listenP, b.listeners = nil, 0, nil
+	b.mu.Unlock()
+	if err := b.sweep(); err != nil {
+		return fmt.Errorf("tearing down nftables: %w", err)
+	}
+	b.log.Info("nftables table removed", "table", "inet "+tableName)
+	return nil
+}
+
+func (b *Backend) forget() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.ready = false
+	clear(b.open)
+	clear(b.busy)
+	b.accepts = nil
+}
+
+// sweep deletes the owned table and every ftpalg accept rule.
+func (b *Backend) sweep() error {
+	var errs []error
+	if has, err := b.hasTable(); err != nil {
+		errs = append(errs, err)
+	} else if has {
+		b.conn.DelTable(b.tb.t)
+		if err := b.conn.Flush(); err != nil {
+			errs = append(errs, fmt.Errorf("deleting table inet %s: %w", tableName, err))
+		} else {
+			b.log.Info("removed ftpalg firewall state", "table", "inet "+tableName)
+		}
+	}
+	if err := b.sweepAccepts(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (b *Backend) hasTable() (bool, error) {
+	ts, err := b.conn.ListTablesOfFamily(nft.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("listing nftables tables: %w", err)
+	}
+	return slices.ContainsFunc(ts, func(t *nft.Table) bool { return t.Name == tableName }), nil
+}
+
+// idRE is what a session or pinhole ID may contain: it ends up in an
+// element comment.
+var idRE = regexp.MustCompile(`^[A-Za-z0-9._@/+=-]*$`)
+
+// elements returns the set and map elements of p, each with timeout ttl.
+func (b *Backend) elements(p rules.Pinhole, ttl time.Duration) []element {
+	f := famOf(p.Src)
+	key := keyOf(p.Src, p.Dst)
+	cm := commentPrefix + p.Session + ":" + fmt.Sprint(p.ID)
+	elems := []element{{set: f.open, key: key, timeout: ttl, comment: cm}}
+	if p.DNAT.IsValid() {
+		elems = append(elems, element{set: f.dnat, key: key, val: addrPortVal(p.DNAT), timeout: ttl, comment: cm})
+	}
+	if p.SNAT.IsValid() {
+		tgt := p.Target()
+		elems = append(elems, element{set: f.snat, key: keyOf(p.Src, tgt), val: p.SNAT.AsSlice(), timeout: ttl, comment: cm})
+	}
+	return elems
+}
+
+func ttlOf(p rules.Pinhole) time.Duration {
+	if p.TTL > 0 {
+		return p.TTL
+	}
+	return defaultTTL
+}
+
+// Open makes p live: one netlink batch adds its element to the open set
+// (and to the dnat and snat maps when it translates), each with the kernel
+// timeout p.TTL (2 minutes when p has none). The first new connection that
+// matches consumes it. A pinhole with the same source, destination and
+// port as a live one is refused.
+func (b *Backend) Open(ctx context.Context, p rules.Pinhole) error {
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("opening pinhole: %w", err)
+	}
+	id := fmt.Sprint(p.ID)
+	if !idRE.MatchString(p.Session) || !idRE.MatchString(id) || len(p.Session)+len(id) > 200 {
+		return fmt.Errorf("opening pinhole %v: session and pinhole IDs may contain only letters, digits and ._@/+=-", p)
+	}
+	ttl := ttlOf(p)
+	elems := b.elements(p, ttl)
+
+	b.life.RLock()
+	defer b.life.RUnlock()
+	b.mu.Lock()
+	if !b.ready {
+		b.mu.Unlock()
+		return fmt.Errorf("opening pinhole %v: nftables backend is not set up", p)
+	}
+	if _, ok := b.open[id]; ok || b.busy[id] {
+		b.mu.Unlock()
+		return fmt.Errorf("opening pinhole %v: already open", p)
+	}
+	b.busy[id] = true
+	b.mu.Unlock()
+
+	err := ctx.Err()
+	start := time.Now()
+	if err == nil {
+		err = b.ec.add(tableName, elems)
+	}
+	b.mu.Lock()
+	delete(b.busy, id)
+	if err == nil {
+		b.open[id] = &live{p: p, elems: elems, deadline: start.Add(ttl)}
+	}
+	b.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("opening pinhole %v: %w", p, err)
+	}
+	b.log.Debug("pinhole opened", "session", p.Session, "pinhole", p.String(), "ttl", ttl)
+	return nil
+}
+
+// Close removes the elements of the pinhole with p's ID in one netlink
+// batch. An element already gone (consumed by its connection, expired, or
+// flushed by someone else) is not an error. Close does not disturb a
+// connection established through p. It is not interrupted by ctx.
+func (b *Backend) Close(ctx context.Context, p rules.Pinhole) error {
+	id := fmt.Sprint(p.ID)
+	b.life.RLock()
+	defer b.life.RUnlock()
+	b.mu.Lock()
+	l, ok := b.open[id]
+	if !ok || b.busy[id] {
+		b.mu.Unlock()
+		return nil
+	}
+	delete(b.open, id)
+	b.busy[id] = true
+	b.mu.Unlock()
+
+	err := b.ec.destroy(tableName, l.elems)
+
+	b.mu.Lock()
+	delete(b.busy, id)
+	if err != nil {
+		b.open[id] = l // a later Close retries; the kernel timeout is the backstop
+	}
+	b.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("closing pinhole %v: %w", p, err)
+	}
+	b.log.Debug("pinhole closed", "session", p.Session, "pinhole", p.String())
+	return nil
+}
+
+// Live returns the number of pinholes opened and not closed whose kernel
+// timeout has not passed.
+func (b *Backend) Live() int {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, l := range b.open {
+		if l.deadline.After(now) {
+			n++
+		}
+	}
+	return n
+}
+
+// ifaceRE is what Intercept accepts as an interface name (a trailing "+"
+// is a wildcard, as with iptables -i).
+var ifaceRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.@-]*\+?$`)
+
+// Intercept sends new TCP connections to port 21 that arrive on one of
+// ifaces to the local listener on listenPort, for IPv4 and IPv6, and marks
+// them so that the operator's filter lets them reach it:
+//
+//	iifname IF meta l4proto tcp tcp dport 21 ct mark set ct mark | MARK redirect to :PORT
+//
+// A later call replaces the rules of the earlier one. Setup must have run.
+func (b *Backend) Intercept(ctx context.Context, ifaces []string, listenPort uint16) error {
+	if len(ifaces) == 0 {
+		return errors.New("intercepting FTP: no interfaces")
+	}
+	if listenPort == 0 {
+		return errors.New("intercepting FTP: listen port 0")
+	}
+	for _, ifc := range ifaces {
+		if len(ifc) > 15 || !ifaceRE.MatchString(ifc) {
+			return fmt.Errorf("intercepting FTP: invalid interface name %q", ifc)
+		}
+	}
+	var uniq []string
+	for _, ifc := range ifaces {
+		if !slices.Contains(uniq, ifc) {
+			uniq = append(uniq, ifc)
+		}
+	}
+	b.life.Lock()
+	defer b.life.Unlock()
+	if err := b.replaceRules(ctx, chainNPre, commentIntercept, func() []ruleExprs {
+		var rs []ruleExprs
+		for _, ifc := range uniq {
+			rs = append(rs, b.tb.interceptRule(ifc, listenPort))
+		}
+		return rs
+	}); err != nil {
+		return fmt.Errorf("intercepting FTP on %v: %w", ifaces, err)
+	}
+	b.mu.Lock()
+	b.ifaces, b.listenP = uniq, listenPort
+	b.mu.Unlock()
+	b.log.Info("intercepting FTP", "interfaces", uniq, "listen_port", listenPort)
+	return nil
+}
+
+// AllowListeners marks new TCP connections to ftpalg's own listeners, so
+// that the operator's filter lets them in (reverse mode on a host whose
+// input policy is drop). An unspecified address accepts the port on every
+// address of its families ("[::]" is dual-stack). Teardown removes them.
+func (b *Backend) AllowListeners(ctx context.Context, addrs []netip.AddrPort) error {
+	for _, ap := range addrs {
+		if ap.Port() == 0 {
+			return fmt.Errorf("allowing listener %s: port 0", ap)
+		}
+	}
+	b.life.Lock()
+	defer b.life.Unlock()
+	b.mu.Lock()
+	all := append(slices.Clone(b.listeners), addrs...)
+	b.mu.Unlock()
+	if err := b.replaceRules(ctx, chainPre, commentListener, func() []ruleExprs {
+		return b.listenerRules(all)
+	}); err != nil {
+		return fmt.Errorf("allowing listeners %v: %w", addrs, err)
+	}
+	b.mu.Lock()
+	b.listeners = all
+	b.mu.Unlock()
+	return nil
+}
+
+func (b *Backend) listenerRules(addrs []netip.AddrPort) []ruleExprs {
+	var rs []ruleExprs
+	seen := map[netip.AddrPort]bool{}
+	for _, ap := range addrs {
+		a := netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		if seen[a] {
+			continue
+		}
+		seen[a] = true
+		switch {
+		case a.Addr().IsUnspecified() && a.Addr().Is4():
+			rs = append(rs, b.tb.listenerRule(&fam4, netip.Addr{}, a.Port()))
+		case a.Addr().IsUnspecified():
+			rs = append(rs, b.tb.listenerRule(nil, netip.Addr{}, a.Port()))
+		default:
+			rs = append(rs, b.tb.listenerRule(famOf(a.Addr()), a.Addr(), a.Port()))
+		}
+	}
+	return rs
+}
+
+// ruleExprs is the expressions of one rule.
+type ruleExprs = []expr.Any
+
+// replaceRules replaces, in one batch, the rules of the owned chain that
+// carry the comment cm by the rules want returns, placed at the top of the
+// chain in order. Setup must have run; the caller holds b.life.
+func (b *Backend) replaceRules(ctx context.Context, chain, cm string, want func() []ruleExprs) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	ready := b.ready
+	b.mu.Unlock()
+	if !ready {
+		return errors.New("nftables backend is not set up")
+	}
+	ch := b.tb.chains[chain]
+	cur, err := b.conn.GetRules(b.tb.t, ch)
+	if err != nil {
+		return fmt.Errorf("listing chain %s: %w", chain, err)
+	}
+	for _, r := range cur {
+		if c, _ := userdata.GetString(r.UserData, userdata.TypeComment); c == cm {
+			if err := b.conn.DelRule(r); err != nil {
+				return fmt.Errorf("deleting rule from chain %s: %w", chain, err)
+			}
+		}
+	}
+	rs := want()
+	// InsertRule puts a rule at the top: insert the last one first.
+	for i := len(rs) - 1; i >= 0; i-- {
+		b.conn.InsertRule(&nft.Rule{Table: b.tb.t, Chain: ch, Exprs: rs[i], UserData: comment(cm)})
+	}
+	if err := b.conn.Flush(); err != nil {
+		return fmt.Errorf("replacing rules of chain %s: %w", chain, err)
+	}
+	return nil
+}
+
+// Rules lists what ftpalg owns in the kernel, read from the kernel (so it
+// also shows what another or a crashed process left): the table, its
+// chains with their number of rules, every element of its sets and maps
+// with its comment and remaining lifetime, and the accept rules in the
+// operator's chains, e.g.
+//
+//	nft table inet ftpalg
+//	nft inet ftpalg chain pinhole_pre rules 2
+//	nft inet ftpalg set open4 element 192.0.2.10 . 203.0.113.5 . 40000 expires 29.5s comment "ftpalg:s1:p1"
+//	nft inet filter chain forward rule "ftpalg:accept"
+//	iptables -t filter -A FORWARD -m connmark --mark 0x1000000/0x1000000 -m comment --comment ftpalg:accept -j ACCEPT
+//
+// sorted.
+func (b *Backend) Rules(ctx context.Context) ([]string, error) {
+	b.life.RLock()
+	defer b.life.RUnlock()
+	var out []string
+	has, err := b.hasTable()
+	if err != nil {
+		return nil, err
+	}
+	if has {
+		out = append(out, "nft table inet "+tableName)
+		chains, err := b.conn.ListChainsOfTableFamily(nft.TableFamilyINet)
+		if err != nil {
+			return nil, fmt.Errorf("listing chains: %w", err)
+		}
+		for _, ch := range chains {
+			if ch.Table.Name != tableName {
+				continue
+			}
+			rs, err := b.conn.GetRules(b.tb.t, ch)
+			if err != nil {
+				return nil, fmt.Errorf("listing chain %s: %w", ch.Name, err)
+			}
+			out = append(out, fmt.Sprintf("nft inet %s chain %s rules %d", tableName, ch.Name, len(rs)))
+		}
+		for _, s := range b.tb.sets {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			elems, err := b.conn.GetSetElements(s)
+			if err != nil {
+				return nil, fmt.Errorf("listing set %s: %w", s.Name, err)
+			}
+			for _, e := range elems {
+				out = append(out, fmt.Sprintf("nft inet %s set %s element %s", tableName, s.Name, formatElement(s, e)))
+			}
+		}
+	}
+	acc, err := b.listAccepts()
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, acc...)
+	slices.Sort(out)
+	return out, nil
+}
+
+// formatElement prints an element of one of the owned sets.
+func formatElement(s *nft.Set, e nft.SetElement) string {
+	alen := 4
+	if s.Name == setOpen6 || s.Name == mapDNAT6 || s.Name == mapSNAT6 {
+		alen = 16
+	}
+	str := fmt.Sprint(e.Key)
+	if len(e.Key) == 2*alen+4 {
+		src, _ := netip.AddrFromSlice(e.Key[:alen])
+		dst, _ := netip.AddrFromSlice(e.Key[alen : 2*alen])
+		str = fmt.Sprintf("%s . %s . %d", src, dst, int(e.Key[2*alen])<<8|int(e.Key[2*alen+1]))
+	}
+	switch {
+	case len(e.Val) == alen+4:
+		a, _ := netip.AddrFromSlice(e.Val[:alen])
+		str += fmt.Sprintf(" : %s . %d", a, int(e.Val[alen])<<8|int(e.Val[alen+1]))
+	case len(e.Val) == alen:
+		a, _ := netip.AddrFromSlice(e.Val)
+		str += " : " + a.String()
+	}
+	if e.Expires > 0 {
+		str += " expires " + e.Expires.Round(100*time.Millisecond).String()
+	}
+	if e.Comment != "" {
+		str += fmt.Sprintf(" comment %q", e.Comment)
+	}
+	return str
+}
+
+// Flush removes everything ftpalg owns from the firewall, as left by any
+// ftpalg process (for "ftpalg rules flush"): Teardown on a fresh backend.
+func Flush(ctx context.Context, cfg Config) error {
+	b, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	defer b.Release()
+	return b.Teardown(ctx)
+}
