@@ -76,7 +76,8 @@ func (r *runner) story(ctx context.Context) {
 		"channel, and for every announcement opens exactly one pinhole before it forwards the",
 		"line. The data itself never passes through ftpalg: the kernel forwards it.",
 	)
-	gwArgs := []string{"--mode", "gateway", "--intercept", netlab.IfInside, "--listen", "[::]:2121",
+	// The lab narrates pinholes as iptables rules: it picks that backend.
+	gwArgs := []string{"--mode", "gateway", "--backend", "iptables", "--intercept", netlab.IfInside, "--listen", "[::]:2121",
 		"--pinhole-ttl", "10s", "--data-ports", dataPool, "--drain", "1s"}
 	if !r.startALG(ctx, gwArgs) {
 		return
@@ -102,7 +103,7 @@ func (r *runner) story(ctx context.Context) {
 		r.fail(ctx, "swapping the cables", err)
 		return
 	}
-	revArgs := []string{"--mode", "reverse",
+	revArgs := []string{"--mode", "reverse", "--backend", "iptables",
 		"--listen", netip.AddrPortFrom(netlab.OutsideGW4, 21).String(), "--listen", netip.AddrPortFrom(netlab.OutsideGW6, 21).String(),
 		"--upstream", netip.AddrPortFrom(netlab.InsideHost4, 21).String(), "--upstream", netip.AddrPortFrom(netlab.InsideHost6, 21).String(),
 		"--pinhole-ttl", "10s", "--data-ports", dataPool, "--drain", "1s"}

@@ -9,10 +9,11 @@ import (
 	"log/slog"
 
 	"github.com/ftpalg/ftpalg/rules/iptables"
+	"github.com/ftpalg/ftpalg/rules/nftables"
 )
 
 func init() {
-	register("rules", "list|flush the firewall rules ftpalg owns", rulesCmd)
+	register("rules", "list|flush the firewall state ftpalg owns (nftables and iptables)", rulesCmd)
 }
 
 func rulesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -21,8 +22,10 @@ func rulesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `usage: ftpalg rules list|flush
 
-  list   print the firewall rules and chains ftpalg owns in this network
-         namespace (iptables and ip6tables), one per line
+  list   print the firewall state ftpalg owns in this network namespace,
+         one per line: table inet ftpalg with its pinholes (nftables), the
+         chains and rules (iptables and ip6tables), the accept rules in the
+         operator's chains
   flush  remove them all (refused while an ftpalg runs here: it would put
          them back). The systemd unit runs it after every stop.
 
@@ -39,7 +42,13 @@ Both need CAP_NET_ADMIN (root).
 		return errors.New("rules: CAP_NET_ADMIN is missing: reading and changing the firewall needs root")
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cfg := iptables.Config{Log: log}
+	quiet := slog.New(slog.DiscardHandler)
+	haveNFT := nftables.Probe() == nil
+	_, iptErr := iptables.New(iptables.Config{Log: quiet})
+	haveIPT := iptErr == nil
+	if !haveNFT && !haveIPT {
+		return fmt.Errorf("rules: neither nftables nor iptables is usable here: %w", iptErr)
+	}
 	if fs.Arg(0) == "flush" {
 		// A running ftpalg would put its rules back: refuse while it runs.
 		lock, err := lockFirewall()
@@ -47,19 +56,42 @@ Both need CAP_NET_ADMIN (root).
 			return err
 		}
 		defer lock.Close()
-		if err := iptables.Flush(ctx, cfg); err != nil {
+		var errs []error
+		if haveNFT {
+			errs = append(errs, nftables.Flush(ctx, nftables.Config{Log: log}))
+		}
+		if haveIPT {
+			errs = append(errs, iptables.Flush(ctx, iptables.Config{Log: log}))
+		}
+		if err := errors.Join(errs...); err != nil {
 			return err
 		}
 		fmt.Fprintln(stdout, "ftpalg rules removed")
 		return nil
 	}
-	t, err := iptables.New(cfg)
-	if err != nil {
-		return err
+	var list []string
+	if haveNFT {
+		b, err := nftables.New(nftables.Config{Log: log})
+		if err != nil {
+			return err
+		}
+		defer b.Release()
+		l, err := b.Rules(ctx)
+		if err != nil {
+			return err
+		}
+		list = append(list, l...)
 	}
-	list, err := t.Rules(ctx)
-	if err != nil {
-		return err
+	if haveIPT {
+		t, err := iptables.New(iptables.Config{Log: log})
+		if err != nil {
+			return err
+		}
+		l, err := t.Rules(ctx)
+		if err != nil {
+			return err
+		}
+		list = append(list, l...)
 	}
 	if len(list) == 0 {
 		fmt.Fprintln(stdout, "no ftpalg rules installed")

@@ -135,9 +135,9 @@ type daemon struct {
 
 	pool     *nat.Pool
 	proxy    *alg.Proxy
-	backend  string            // the backend in use, after auto
-	ipt      *iptables.Backend // nil with the relay backend
-	relay    *relay.Backend    // nil with the iptables backend
+	backend  string          // the backend in use, after auto
+	fw       firewallBackend // nil with the relay backend (backend.go)
+	relay    *relay.Backend  // nil with a firewall backend
 	listens  []net.Listener
 	cert     *ftps.Cert // with --tls terminate: re-read on SIGHUP
 	holes    pinholes
@@ -207,8 +207,8 @@ func (d *daemon) run(ctx context.Context) (err error) {
 	}
 	attrs := []any{"mode", string(c.Mode), "listen", strings.Join(names, ","), "backend", d.backend,
 		"data_ports", c.DataPorts, "pinhole_ttl", c.PinholeTTL.D()}
-	if d.ipt != nil {
-		attrs = append(attrs, "iptables", d.ipt.Variant())
+	if ipt, ok := d.fw.(*iptables.Backend); ok {
+		attrs = append(attrs, "iptables", ipt.Variant())
 	}
 	if c.Mode == ModeGateway {
 		attrs = append(attrs, "intercept", strings.Join(c.Intercept, ","))
@@ -295,12 +295,13 @@ func (d *daemon) build(ctx context.Context) error {
 		d.proxy.Planner = &nat.Reverse{Pool: d.pool, Public: public}
 	}
 	var b rules.Backend
-	switch d.backend = resolveBackend(c.Backend); d.backend {
-	case "iptables":
-		if err := d.setupIPTables(ctx); err != nil {
+	kind, reason := resolveBackend(c.Backend)
+	switch d.backend = kind; kind {
+	case "nftables", "iptables":
+		if err := d.setupFirewall(ctx, kind, reason); err != nil {
 			return err
 		}
-		b = d.ipt
+		b = d.fw
 	case "relay":
 		rl := relay.New(relay.Config{Log: d.log})
 		d.relay = rl
@@ -329,14 +330,6 @@ func (d *daemon) build(ctx context.Context) error {
 	return nil
 }
 
-// resolveBackend picks the backend "auto" stands for.
-func resolveBackend(name string) string {
-	if name == "auto" {
-		return "iptables"
-	}
-	return name
-}
-
 // limitsOf is the part of c that a reload may change.
 func limitsOf(c Config) alg.Limits {
 	return alg.Limits{
@@ -348,58 +341,17 @@ func limitsOf(c Config) alg.Limits {
 	}
 }
 
-// setupIPTables sets up the iptables backend: leftovers of a crashed run
-// swept, chains and jumps installed, all removed again at exit.
-func (d *daemon) setupIPTables(ctx context.Context) error {
-	lock, err := lockFirewall()
-	if err != nil {
-		return err
-	}
-	// Closed last (cleanups run in reverse): after Teardown.
-	d.cleanups = append(d.cleanups, func() { lock.Close() })
-	ipt, err := iptables.New(iptables.Config{Log: d.log, Timeout: d.cfg.LockWait.D()})
-	if err != nil {
-		return err
-	}
-	if err := ipt.Setup(ctx); err != nil {
-		return fmt.Errorf("installing firewall chains: %w", err)
-	}
-	d.ipt = ipt
-	// Someone else may flush ftpalg's chains or remove its jumps
-	// (firewall-cmd --reload, a firewall restart): notice within seconds,
-	// log it and re-install the skeleton and the live pinholes.
-	wctx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		ipt.Watch(wctx, d.cfg.RepairEvery.D())
-	}()
-	d.cleanups = append(d.cleanups, func() {
-		stopWatch()
-		<-watched
-		// Not ctx: it is cancelled by the signal that brought us here.
-		tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := ipt.Teardown(tctx); err != nil {
-			d.log.Error("removing firewall rules", "err", err)
-		} else {
-			d.log.Info("firewall rules removed")
-		}
-	})
-	return nil
-}
-
 // installFirewall makes the listeners reachable: interception in gateway
 // mode (only once the listener is up: no connection is redirected into a
 // closed port), the listeners opened in reverse mode.
 func (d *daemon) installFirewall(ctx context.Context) error {
-	if d.ipt == nil {
+	if d.fw == nil {
 		return nil
 	}
 	switch d.cfg.Mode {
 	case ModeGateway:
 		port := d.listens[0].Addr().(*net.TCPAddr).Port
-		if err := d.ipt.Intercept(ctx, d.cfg.Intercept, uint16(port)); err != nil {
+		if err := d.fw.Intercept(ctx, d.cfg.Intercept, uint16(port)); err != nil {
 			return fmt.Errorf("installing interception: %w", err)
 		}
 	case ModeReverse:
@@ -407,7 +359,7 @@ func (d *daemon) installFirewall(ctx context.Context) error {
 		for _, l := range d.listens {
 			aps = append(aps, l.Addr().(*net.TCPAddr).AddrPort())
 		}
-		if err := d.ipt.AllowListeners(ctx, aps); err != nil {
+		if err := d.fw.AllowListeners(ctx, aps); err != nil {
 			return fmt.Errorf("opening the listeners in the firewall: %w", err)
 		}
 	}

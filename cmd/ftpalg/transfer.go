@@ -13,7 +13,7 @@ import (
 // transfer, when the kernel lets us watch conntrack (CAP_NET_ADMIN). The
 // relay backend sees first use itself.
 func (d *daemon) watchConntrack(ctx context.Context) {
-	if d.cfg.NoConntrack || d.ipt == nil {
+	if d.cfg.NoConntrack || d.fw == nil {
 		return
 	}
 	// Which side opened each used pinhole's connection, for the transfer
