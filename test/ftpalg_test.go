@@ -75,7 +75,7 @@ type ALG struct {
 // it is serving.
 func startALG(t testing.TB, ns *netlab.NS, args ...string) *ALG {
 	t.Helper()
-	args = append([]string{"run"}, args...)
+	args = append([]string{"run"}, withBackend(t, args)...)
 	args = append(args, "--log-format", "json", "--log-level", "debug")
 	a := &ALG{t: t, Proc: ns.Start(t, ftpalgBin(t), args...), NS: ns}
 	waitReady(t, a)

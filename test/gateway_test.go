@@ -38,7 +38,7 @@ func gatewayTopo(t *testing.T) (*netlab.Topo, context.Context) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
 	topo := netlab.NewTopology(t, netlab.Options{})
-	if err := topo.ApplyStrictFirewall(ctx); err != nil {
+	if err := topo.ApplyFirewall(ctx, variantOf(t).Firewall); err != nil {
 		t.Fatal(err)
 	}
 	return topo, ctx
@@ -79,11 +79,8 @@ func TestGatewayTransfers(t *testing.T) {
 					t.Errorf("%v succeeded on the strict firewall without ftpalg", without[i])
 				}
 			}
-			for _, f := range []netlab.Family{netlab.IPv4, netlab.IPv6} {
-				if err := topo.GW.IPTables(ctx, f, "-D", "FORWARD", "-p", "tcp", "--dport", "21",
-					"-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT"); err != nil {
-					t.Fatal(err)
-				}
+			if err := topo.DisallowFTPControl(ctx); err != nil {
+				t.Fatal(err)
 			}
 
 			a := startALG(t, topo.GW, gatewayArgs()...)
@@ -128,7 +125,7 @@ func TestGatewayPinholeIsNarrow(t *testing.T) {
 			x := dialCtrl(t, topo.Client, srv.Addr(f))
 			x.login(srv.User, srv.Pass)
 			port := x.epsv()
-			if rules := pinholeRules(t, topo.GW); !containsAll(rules, fmt.Sprintf("--dport %d", port)) {
+			if rules := pinholeRules(t, topo.GW); !hasPinholeFor(rules, port) {
 				t.Fatalf("no pinhole rule for port %d:\n%s", port, strings.Join(rules, "\n"))
 			}
 			// Another port on the same server, and the same port on another

@@ -103,7 +103,7 @@ type loadEnv struct {
 func newLoadEnv(tb testing.TB, ctx context.Context, peer loadPeer, n4, n6 int) *loadEnv {
 	tb.Helper()
 	topo := netlab.NewTopology(tb, netlab.Options{})
-	if err := topo.ApplyStrictFirewall(ctx); err != nil {
+	if err := topo.ApplyFirewall(ctx, variantOf(tb).Firewall); err != nil {
 		tb.Fatal(err)
 	}
 	e := &loadEnv{topo: topo}

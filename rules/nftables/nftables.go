@@ -79,8 +79,9 @@ type Backend struct {
 	busy      map[string]bool
 	ifaces    []string // Intercept
 	listenP   uint16
-	listeners []netip.AddrPort // AllowListeners
-	accepts   []acceptRef      // the operator's chains that hold ftpalg's accept rule
+	listeners []netip.AddrPort  // AllowListeners
+	accepts   []acceptRef       // the operator's chains that hold ftpalg's accept rule
+	variants  map[string]string // iptables program -> "nf_tables" or "legacy"
 }
 
 // live is one open pinhole.
@@ -378,6 +379,13 @@ func (b *Backend) Close(ctx context.Context, p rules.Pinhole) error {
 	b.mu.Unlock()
 
 	err := b.ec.destroy(tableName, l.elems)
+	if err != nil {
+		if has, herr := b.hasTable(); herr == nil && !has {
+			// Someone deleted the table, and the elements with it: the
+			// desired state. Repair will not bring this pinhole back.
+			err = nil
+		}
+	}
 
 	b.mu.Lock()
 	delete(b.busy, id)

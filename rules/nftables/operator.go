@@ -155,15 +155,53 @@ func (b *Backend) iptChains() (map[string][]string, map[nft.TableFamily]bool, er
 	return chains, managed, nil
 }
 
+// variant returns "nf_tables" or "legacy" for an iptables program,
+// asking it once.
 func (b *Backend) variant(prog string) (string, error) {
+	b.mu.Lock()
+	v, ok := b.variants[prog]
+	b.mu.Unlock()
+	if ok {
+		return v, nil
+	}
 	out, err := exec.Command(prog, "--version").Output()
 	if err != nil {
 		return "", fmt.Errorf("running %s --version: %w", prog, err)
 	}
+	v = "legacy"
 	if strings.Contains(string(out), "nf_tables") {
-		return "nf_tables", nil
+		v = "nf_tables"
 	}
-	return "legacy", nil
+	b.mu.Lock()
+	if b.variants == nil {
+		b.variants = map[string]string{}
+	}
+	b.variants[prog] = v
+	b.mu.Unlock()
+	return v, nil
+}
+
+// wantAccepts returns every operator chain that should hold the accept
+// rule now: the operator may have replaced or added chains since Setup.
+func (b *Backend) wantAccepts() ([]acceptRef, error) {
+	ipt, managed, err := b.iptChains()
+	if err != nil {
+		return nil, err
+	}
+	var refs []acceptRef
+	for _, x := range xtablesProgs {
+		for _, chain := range ipt[x.prog] {
+			refs = append(refs, acceptRef{prog: x.prog, family: x.family, table: "filter", chain: chain})
+		}
+	}
+	native, err := b.nativeChains(managed)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range native {
+		refs = append(refs, acceptRef{family: c.Table.Family, table: c.Table.Name, chain: c.Name})
+	}
+	return refs, nil
 }
 
 // nativeChains returns the operator's native nftables filter chains on

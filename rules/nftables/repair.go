@@ -36,10 +36,14 @@ func (d damage) any() bool { return d.table || len(d.accepts) > 0 }
 func (b *Backend) check() (damage, error) {
 	var d damage
 	b.mu.Lock()
-	ready, refs := b.ready, b.accepts
+	ready := b.ready
 	b.mu.Unlock()
 	if !ready {
 		return d, nil
+	}
+	refs, err := b.wantAccepts()
+	if err != nil {
+		return d, err
 	}
 	cs, err := b.conn.ListChainsOfTableFamily(nft.TableFamilyINet)
 	if err != nil {
