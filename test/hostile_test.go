@@ -413,6 +413,12 @@ func rulesNaming(t *testing.T, ns *netlab.NS, target netip.AddrPort) []string {
 		}
 		if slices.Contains(f, host) && portMatch || argAfter(f, "--to-destination") == target.String() {
 			out = append(out, l)
+			continue
+		}
+		// An nftables set or map element: "src . dst . port" keys,
+		// "addr . port" DNAT targets.
+		if strings.Contains(" "+strings.TrimSuffix(l, ",")+" ", " "+target.Addr().String()+" . "+port+" ") {
+			out = append(out, l)
 		}
 	}
 	return out

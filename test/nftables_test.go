@@ -26,10 +26,10 @@ func TestNFTablesCrashSweep(t *testing.T) {
 	inVariants(t, []variant{varNFTNative}, TestGatewayCrashSweep)
 }
 func TestNFTablesAdversarialGateway(t *testing.T) {
-	inVariants(t, []variant{varNFTNative}, TestAdversarialGateway)
+	inVariantsSelfParallel(t, []variant{varNFTNative}, TestAdversarialGateway)
 }
 func TestNFTablesAdversarialReverse(t *testing.T) {
-	inVariants(t, []variant{varNFTables}, TestAdversarialReverse)
+	inVariantsSelfParallel(t, []variant{varNFTables}, TestAdversarialReverse)
 }
 func TestNFTablesLoad1000Sessions(t *testing.T) {
 	inVariants(t, []variant{varNFTNative}, TestLoad1000Sessions)

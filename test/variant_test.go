@@ -42,9 +42,21 @@ func variantOf(t testing.TB) variant {
 
 // inVariants runs fn once per variant, in parallel subtests.
 func inVariants(t *testing.T, vs []variant, fn func(t *testing.T)) {
+	runVariants(t, vs, true, fn)
+}
+
+// inVariantsSelfParallel is inVariants for a fn that calls t.Parallel
+// itself.
+func inVariantsSelfParallel(t *testing.T, vs []variant, fn func(t *testing.T)) {
+	runVariants(t, vs, false, fn)
+}
+
+func runVariants(t *testing.T, vs []variant, parallel bool, fn func(t *testing.T)) {
 	for _, v := range vs {
 		t.Run(v.name(), func(t *testing.T) {
-			t.Parallel()
+			if parallel {
+				t.Parallel()
+			}
 			if v.Firewall == netlab.FirewallNFTables || v.Backend == "nftables" {
 				netlab.RequireTools(t, "nft")
 			}
