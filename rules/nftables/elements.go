@@ -35,7 +35,6 @@ type element struct {
 	val     []byte // nil for a set element
 	timeout time.Duration
 	comment string
-	expr    []byte // a marshalled stateful expression (once()), or nil
 }
 
 // keyOf returns the concatenated key src . dst . dport of a pinhole: each
@@ -188,9 +187,6 @@ func elemList(table string, elems []element) ([]byte, error) {
 						ae.Bytes(unix.NFTA_DATA_VALUE, e.val)
 						return nil
 					})
-				}
-				if e.expr != nil {
-					ae.Bytes(unix.NFTA_SET_ELEM_EXPR|unix.NLA_F_NESTED, e.expr)
 				}
 				if e.comment != "" {
 					ae.Bytes(unix.NFTA_SET_ELEM_USERDATA, userdata.AppendString(nil, userdata.NFTNL_UDATA_SET_ELEM_COMMENT, e.comment))
