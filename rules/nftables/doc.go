@@ -29,21 +29,17 @@
 // # Single use
 //
 // The first new connection (conntrack state new, a SYN) whose source,
-// destination and port are in the open set deletes that element from the
-// packet path (a dynset delete) and gets the mark bit in its conntrack
-// entry. A SYN that follows, however soon, finds no element: it gets no
-// mark, so it is neither admitted nor translated (the NAT chains act on
-// marked connections only). The mark stays with the connection, so its
-// retransmitted SYN and the rest of it pass.
-//
-// Limit: the lookup and the delete are two steps of one rule, and the
-// kernel's delete does not report whether it found the element. Two SYNs
-// that are evaluated at the same instant on two CPUs can both pass the
-// lookup before either deletes. TestNetnsNFTablesSingleUse measures it:
-// of pairs of connects released together on two threads, about one in four
-// got both through on a 2-CPU machine. Connects one after the other (the
-// FTP case: a client opens one data connection) are always refused the
-// second time.
+// destination and port are in the open set is counted in the used set
+// (dynset add with a connection count of at most 1), deletes its element
+// from the open set from the packet path (dynset delete), and gets the mark
+// bit in its conntrack entry. A SYN that follows, however soon, finds no
+// element: it gets no mark, so it is neither admitted nor translated (the
+// NAT chains act on marked connections only). Two SYNs that meet the rule
+// at the same instant on two CPUs can both pass the lookup before either
+// deletes; the connection count, which the kernel keeps under a lock, lets
+// only the first through. The mark stays with the connection, so its
+// retransmitted SYN and the rest of it pass. A used element goes when the
+// connection it counted is gone.
 //
 // # The operator's firewall
 //

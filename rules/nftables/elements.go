@@ -2,7 +2,6 @@ package nftables
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -118,14 +117,17 @@ func (ec *elementConn) send(table string, typ uint16, flags netlink.HeaderFlags,
 		msgs = append(msgs, netlink.Message{
 			Header: netlink.Header{
 				Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ),
-				Flags: netlink.Request | netlink.Acknowledge | flags,
+				Flags: netlink.Request | flags,
 			},
 			Data: append([]byte{nfprotoInet, unix.NFNETLINK_V0, 0, 0}, data...),
 		})
 		i = j
 	}
+	// The batch runs to its end within sendmsg; an error is reported
+	// for any message that fails, an ack only for the last one: when
+	// that ack arrives, every reply the batch causes has arrived.
+	msgs[len(msgs)-1].Header.Flags |= netlink.Acknowledge
 	msgs = append(msgs, batchMsg(unix.NFNL_MSG_BATCH_END))
-	want := len(msgs) - 2
 
 	ec.mu.Lock()
 	defer ec.mu.Unlock()
@@ -138,18 +140,13 @@ func (ec *elementConn) send(table string, typ uint16, flags netlink.HeaderFlags,
 		ec.c = nil
 		return fmt.Errorf("sending set elements: %w", err)
 	}
-	var errs []error
-	for got := 0; got < want; {
-		replies, err := c.Receive()
-		if err != nil {
-			// mdlayher/netlink returns the first error reply as an
-			// error and drops the rest of the datagram; other acks may
-			// still be queued: start afresh on a new socket.
-			ec.c.Close()
-			ec.c = nil
-			return errors.Join(append(errs, err)...)
-		}
-		got += len(replies)
+	if _, err := c.Receive(); err != nil {
+		// mdlayher/netlink returns the first error reply as an error
+		// and drops the rest of the datagram; more replies may still be
+		// queued: start afresh on a new socket.
+		ec.c.Close()
+		ec.c = nil
+		return err
 	}
 	return nil
 }

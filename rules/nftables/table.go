@@ -18,6 +18,8 @@ const (
 
 	setOpen4  = "open4" // src . dst . dport: unused pinholes
 	setOpen6  = "open6"
+	setUsed4  = "used4" // src . dst . dport: connections per consumed pinhole
+	setUsed6  = "used6"
 	mapDNAT4  = "dnat4" // src . dst . dport : addr . port
 	mapDNAT6  = "dnat6"
 	mapSNAT4  = "snat4" // src . target . tport : addr (key after DNAT)
@@ -50,14 +52,22 @@ const (
 	reg32b = unix.NFT_REG32_02 // "reg 10"
 )
 
-// nftDynsetOpDelete is NFT_DYNSET_OP_DELETE (Linux 5.10), missing from
+// NFT_DYNSET_OP_ADD and _DELETE (Linux 5.10), missing from
 // golang.org/x/sys/unix.
-const nftDynsetOpDelete = 2
+const (
+	nftDynsetOpAdd    = 0
+	nftDynsetOpDelete = 2
+)
+
+// setSize bounds the dynamic sets (the kernel's default is 65,535): live
+// pinholes, and data connections that consumed one and still run.
+const setSize = 1 << 20
 
 // fam is what differs between the IPv4 and the IPv6 half of the table.
 type fam struct {
 	nfproto        byte
 	open, dnat     string
+	used           string
 	snat           string
 	addr           nft.SetDatatype
 	saddr, daddr   uint32 // network header offsets
@@ -67,13 +77,13 @@ type fam struct {
 }
 
 var fam4 = fam{
-	nfproto: unix.NFPROTO_IPV4, open: setOpen4, dnat: mapDNAT4, snat: mapSNAT4,
+	nfproto: unix.NFPROTO_IPV4, open: setOpen4, used: setUsed4, dnat: mapDNAT4, snat: mapSNAT4,
 	addr: nft.TypeIPAddr, saddr: 12, daddr: 16, alen: 4,
 	regDst: reg32a, regPrt: reg32b, regNATPort: reg32a,
 }
 
 var fam6 = fam{
-	nfproto: unix.NFPROTO_IPV6, open: setOpen6, dnat: mapDNAT6, snat: mapSNAT6,
+	nfproto: unix.NFPROTO_IPV6, open: setOpen6, used: setUsed6, dnat: mapDNAT6, snat: mapSNAT6,
 	addr: nft.TypeIP6Addr, saddr: 8, daddr: 24, alen: 16,
 	regDst: reg2, regPrt: reg3, regNATPort: reg2,
 }
@@ -100,7 +110,11 @@ func newTable(mark uint32) *table {
 		key := nft.MustConcatSetType(f.addr, f.addr, nft.TypeInetService)
 		tb.sets = append(tb.sets,
 			// Dynamic: the packet path deletes from it.
-			&nft.Set{Table: t, Name: f.open, KeyType: key, Concatenation: true, HasTimeout: true, Dynamic: true},
+			&nft.Set{Table: t, Name: f.open, KeyType: key, Concatenation: true, HasTimeout: true, Dynamic: true, Size: setSize},
+			// No timeout: the kernel refuses a connection count in a set
+			// with timeouts; its garbage collector drops an element once
+			// no connection it counted exists any more.
+			&nft.Set{Table: t, Name: f.used, KeyType: key, Concatenation: true, Dynamic: true, Size: setSize},
 			&nft.Set{Table: t, Name: f.dnat, KeyType: key, Concatenation: true, HasTimeout: true, IsMap: true,
 				DataType: nft.MustConcatSetType(f.addr, nft.TypeInetService)},
 			&nft.Set{Table: t, Name: f.snat, KeyType: key, Concatenation: true, HasTimeout: true, IsMap: true,
@@ -215,17 +229,21 @@ func hasMark(mark uint32) []expr.Any {
 	}
 }
 
-// consumeRule is the single-use rule: the first new connection whose
-// src . dst . dport is in the open set deletes that element from the
-// packet path and marks its conntrack entry:
+// consumeRule is the single-use rule. The first new connection whose
+// src . dst . dport is in the open set is counted in the used set (a
+// connection count of at most 1 per key, kept under a lock by the kernel),
+// deletes the element from the open set and gets the mark:
 //
 //	ct state new tcp flags syn / fin,syn,rst,ack ip saddr . ip daddr . tcp dport @open4
+//	    add @used4 { ip saddr . ip daddr . tcp dport ct count 1 }
 //	    delete @open4 { ip saddr . ip daddr . tcp dport } ct mark set ct mark | MARK
 //
-// A deleted element is invisible to lookups at once, so a SYN that
-// follows the first one, however soon, finds nothing. The lookup and the
-// delete are two steps, though: two SYNs evaluated at the same instant on
-// two CPUs can both pass the lookup before either deletes (see doc.go).
+// A SYN that follows finds no element in the open set. Two SYNs evaluated
+// at the same instant on two CPUs can both pass the lookup, but the
+// connection count lets only the first through: the second is the second
+// connection of that key. (The first's retransmitted SYN is the same
+// connection and counts once.) The used element goes when no connection it
+// counted exists any more.
 func (tb *table) consumeRule(f *fam) []expr.Any {
 	var e []expr.Any
 	e = append(e, ctStateNew()...)
@@ -234,6 +252,9 @@ func (tb *table) consumeRule(f *fam) []expr.Any {
 	e = append(e, nfproto(f)...)
 	e = append(e, loadKey(f)...)
 	e = append(e, &expr.Lookup{SourceRegister: reg1, SetName: f.open})
+	e = append(e, loadKey(f)...)
+	e = append(e, &expr.Dynset{SrcRegKey: reg1, SetName: f.used, Operation: nftDynsetOpAdd,
+		Exprs: []expr.Any{&expr.Connlimit{Count: 1}}})
 	e = append(e, loadKey(f)...)
 	e = append(e, &expr.Dynset{SrcRegKey: reg1, SetName: f.open, Operation: nftDynsetOpDelete})
 	return append(e, tb.setMark()...)
