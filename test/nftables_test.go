@@ -171,3 +171,14 @@ func TestNFTablesRepair(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkNFTablesSessionsPerSecond is BenchmarkSessionsPerSecond with
+// the nftables backend: complete sessions per second through ftpalg as a
+// ratio to the kernel's FTP helper, measured side by side in one run
+// (both gateways behind the strict iptables firewall, which the helper's
+// CT rule needs).
+//
+//	go test -run NONE -bench NFTablesSessionsPerSecond -benchtime 200x ./test/
+func BenchmarkNFTablesSessionsPerSecond(b *testing.B) {
+	b.Run(varNFTables.name(), BenchmarkSessionsPerSecond)
+}
