@@ -182,3 +182,27 @@ func TestNFTablesRepair(t *testing.T) {
 func BenchmarkNFTablesSessionsPerSecond(b *testing.B) {
 	b.Run(varNFTables.name(), BenchmarkSessionsPerSecond)
 }
+
+// TestBackendAuto: --backend auto picks nftables on this kernel and says
+// why in the start-up line; a transfer works and nothing is left at exit.
+func TestBackendAuto(t *testing.T) {
+	netlab.RequireTools(t, "nft")
+	topo, ctx := gatewayTopo(t)
+	srv := netlab.StartServer(t, topo.Server, netlab.Vsftpd, netlab.ServerOptions{})
+	a := startALG(t, topo.GW, append(gatewayArgs(), "--backend", "auto")...)
+	lines := a.Logs("pinhole backend")
+	if len(lines) != 1 || lines[0]["backend"] != "nftables" || !strings.HasPrefix(logStr(lines[0]["reason"]), "auto:") {
+		t.Fatalf("start-up lines %v, want one with backend=nftables and an auto: reason", lines)
+	}
+	if r := a.Logs("ftpalg running"); len(r) != 1 || r[0]["backend"] != "nftables" {
+		t.Errorf("ftpalg running lines %v, want backend=nftables", r)
+	}
+	r := netlab.RunTransfer(ctx, topo.Client, srv.Transfer(t, netlab.Curl, netlab.EPSV, netlab.Retr, netlab.IPv4))
+	if err := srv.Verify(r); err != nil {
+		t.Fatal(err)
+	}
+	a.StopClean()
+	if left := ftpalgRules(t, topo.GW); len(left) > 0 {
+		t.Fatalf("ftpalg left state after exit:\n%s", strings.Join(left, "\n"))
+	}
+}
