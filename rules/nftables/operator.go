@@ -11,7 +11,9 @@ import (
 	"strings"
 
 	nft "github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/google/nftables/xt"
 	"github.com/vishvananda/netns"
 )
 
@@ -371,28 +373,42 @@ func (b *Backend) listAccepts() ([]string, error) {
 	return out, nil
 }
 
+// isAcceptRule reports whether r carries ftpalg's accept comment.
+func isAcceptRule(r *nft.Rule) bool {
+	if cm, _ := userdata.GetString(r.UserData, userdata.TypeComment); cm == commentAccept {
+		return true
+	}
+	for _, e := range r.Exprs {
+		if m, ok := e.(*expr.Match); ok && m.Name == "comment" {
+			if c, ok := m.Info.(*xt.Comment); ok && string(*c) == commentAccept {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // missingAccepts returns the refs whose accept rule is gone. A chain that
 // is gone itself (a foreign flush of the whole ruleset) is reported too.
 func (b *Backend) missingAccepts(refs []acceptRef) ([]acceptRef, error) {
 	var missing []acceptRef
 	for _, r := range refs {
 		if r.prog != "" {
-			_, err := b.run(r.prog, append([]string{"-t", "filter", "-C", r.chain}, b.iptSpec()...)...)
-			if err != nil {
-				missing = append(missing, r)
+			if v, err := b.variant(r.prog); err != nil || v != "nf_tables" {
+				// iptables-legacy: only the command can tell.
+				_, err := b.run(r.prog, append([]string{"-t", "filter", "-C", r.chain}, b.iptSpec()...)...)
+				if err != nil {
+					missing = append(missing, r)
+				}
+				continue
 			}
-			continue
 		}
+		// Native chains, and iptables-nft's by netlink (no command run
+		// every second): the rule's comment is in its user data, or an
+		// xt comment match for iptables-nft.
 		t := &nft.Table{Name: r.table, Family: r.family}
 		rs, err := b.conn.GetRules(t, &nft.Chain{Name: r.chain, Table: t})
-		if err != nil {
-			missing = append(missing, r)
-			continue
-		}
-		if !slices.ContainsFunc(rs, func(x *nft.Rule) bool {
-			cm, _ := userdata.GetString(x.UserData, userdata.TypeComment)
-			return cm == commentAccept
-		}) {
+		if err != nil || !slices.ContainsFunc(rs, isAcceptRule) {
 			missing = append(missing, r)
 		}
 	}
