@@ -142,7 +142,13 @@ func BenchmarkPinholeLatency(b *testing.B) {
 					loop()
 				}
 				b.StopTimer()
-				if ferr != nil {
+				if ferr != nil && kind == "iptables" {
+					// The iptables backend gives up beyond its bounds (at
+					// 10,000 live, a Close outlasts the 15 s the restore
+					// may take): say so, with what was measured before.
+					b.Logf("iptables backend failed after %d of %d ops: %v", len(closes), b.N, ferr)
+					b.ReportMetric(float64(len(closes)), "ops-before-failure")
+				} else if ferr != nil {
 					b.Fatal(ferr)
 				}
 				b.ReportMetric(percentile(opens, 50), "open-p50-us")
