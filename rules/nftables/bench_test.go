@@ -27,7 +27,7 @@ type pinholeBackend interface {
 // four iptables rules); i makes it unique.
 func benchPinhole(i int) rules.Pinhole {
 	return rules.Pinhole{
-		ID: fmt.Sprintf("live.p%d", i), Session: "live",
+		ID:   rules.PinholeID{Session: 1, N: uint32(1 + i)},
 		Src:  netip.AddrFrom4([4]byte{192, 0, 2, byte(1 + i%200)}),
 		Dst:  netip.AddrPortFrom(addr("203.0.113.5"), uint16(1024+i%60000)),
 		SNAT: addr("203.0.113.1"), TTL: 10 * time.Minute, Passive: true,

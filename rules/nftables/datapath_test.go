@@ -2,7 +2,6 @@ package nftables
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -309,7 +308,7 @@ func TestNetnsNFTablesDataPath(t *testing.T) {
 		d.expectBlocked(d.client, netip.Addr{}, at(d.serverIP, 40002))
 
 		t.Log("routed: forwarded, no translation")
-		p := rules.Pinhole{ID: "r.p1", Session: "r", Src: d.clientIP, Dst: at(d.serverIP, 40002), TTL: time.Minute}
+		p := rules.Pinhole{ID: rules.PinholeID{Session: 101, N: 1}, Src: d.clientIP, Dst: at(d.serverIP, 40002), TTL: time.Minute}
 		open(p)
 		d.expectBlocked(d.client, netip.Addr{}, at(d.serverIP, 40003))
 		d.expectBlocked(d.server, netip.Addr{}, at(d.clientIP, 40002))
@@ -328,48 +327,48 @@ func TestNetnsNFTablesDataPath(t *testing.T) {
 
 		t.Log("passive gateway: forwarded, SNAT")
 		ln = d.listen(d.server, at(d.serverIP, 40000))
-		open(rules.Pinhole{ID: "pg.p1", Session: "pg", Src: d.clientIP, Dst: at(d.serverIP, 40000), SNAT: d.gwOutside})
+		open(rules.Pinhole{ID: rules.PinholeID{Session: 102, N: 1}, Src: d.clientIP, Dst: at(d.serverIP, 40000), SNAT: d.gwOutside})
 		d.expectPeer(d.client, netip.Addr{}, at(d.serverIP, 40000), ln, d.gwOutside)
 
 		t.Log("active gateway: forwarded, DNAT")
 		ln = d.listen(d.client, at(d.clientIP, 40001))
 		d.expectBlocked(d.server, netip.Addr{}, at(d.gwOutside, 50000))
-		open(rules.Pinhole{ID: "ag.p1", Session: "ag", Src: d.serverIP, Dst: at(d.gwOutside, 50000), DNAT: at(d.clientIP, 40001)})
+		open(rules.Pinhole{ID: rules.PinholeID{Session: 103, N: 1}, Src: d.serverIP, Dst: at(d.gwOutside, 50000), DNAT: at(d.clientIP, 40001)})
 		d.expectBlocked(d.server, netip.Addr{}, at(d.gwOutside, 50001))
 		d.expectPeer(d.server, netip.Addr{}, at(d.gwOutside, 50000), ln, d.serverIP)
 
 		t.Log("reverse passive: forwarded, DNAT and SNAT")
 		ln = d.listen(d.server, at(d.serverIP, 30000))
-		open(rules.Pinhole{ID: "rp.p1", Session: "rp", Src: d.clientIP, Dst: at(d.gwInside, 50002),
+		open(rules.Pinhole{ID: rules.PinholeID{Session: 104, N: 1}, Src: d.clientIP, Dst: at(d.gwInside, 50002),
 			DNAT: at(d.serverIP, 30000), SNAT: d.gwOutside})
 		d.expectPeer(d.client, netip.Addr{}, at(d.gwInside, 50002), ln, d.gwOutside)
 
 		t.Log("target on the gateway: input, SNAT in nat input")
 		ln = d.listen(d.gw, at(d.gwInside, 40005))
 		d.expectBlocked(d.client, netip.Addr{}, at(d.gwInside, 40005))
-		open(rules.Pinhole{ID: "lt.p1", Session: "lt", Src: d.clientIP, Dst: at(d.gwInside, 40005), SNAT: d.gwOutside})
+		open(rules.Pinhole{ID: rules.PinholeID{Session: 105, N: 1}, Src: d.clientIP, Dst: at(d.gwInside, 40005), SNAT: d.gwOutside})
 		d.expectPeer(d.client, netip.Addr{}, at(d.gwInside, 40005), ln, d.gwOutside)
 
 		t.Log("source on the gateway: DNAT in nat output")
 		ln = d.listen(d.client, at(d.clientIP, 40006))
-		open(rules.Pinhole{ID: "ls.p1", Session: "ls", Src: d.gwOutside, Dst: at(addr("203.0.113.99"), 50003), DNAT: at(d.clientIP, 40006)})
+		open(rules.Pinhole{ID: rules.PinholeID{Session: 106, N: 1}, Src: d.gwOutside, Dst: at(addr("203.0.113.99"), 50003), DNAT: at(d.clientIP, 40006)})
 		d.expectPeer(d.gw, d.gwOutside, at(addr("203.0.113.99"), 50003), ln, d.gwOutside)
 
 		t.Log("IPv6 passive gateway: forwarded, SNAT")
 		ln = d.listen(d.server, at(d.server6, 40000))
 		d.expectBlocked(d.client, netip.Addr{}, at(d.server6, 40000))
-		open(rules.Pinhole{ID: "p6.p1", Session: "p6", Src: d.client6, Dst: at(d.server6, 40000), SNAT: d.gwOut6})
+		open(rules.Pinhole{ID: rules.PinholeID{Session: 107, N: 1}, Src: d.client6, Dst: at(d.server6, 40000), SNAT: d.gwOut6})
 		d.expectPeer(d.client, netip.Addr{}, at(d.server6, 40000), ln, d.gwOut6)
 
 		t.Log("IPv6 reverse passive: DNAT and SNAT")
 		ln = d.listen(d.server, at(d.server6, 30000))
-		open(rules.Pinhole{ID: "r6.p1", Session: "r6", Src: d.client6, Dst: at(d.gwInside6, 50002),
+		open(rules.Pinhole{ID: rules.PinholeID{Session: 108, N: 1}, Src: d.client6, Dst: at(d.gwInside6, 50002),
 			DNAT: at(d.server6, 30000), SNAT: d.gwOut6})
 		d.expectPeer(d.client, netip.Addr{}, at(d.gwInside6, 50002), ln, d.gwOut6)
 
 		t.Log("IPv6 active gateway: DNAT")
 		ln = d.listen(d.client, at(d.client6, 40001))
-		open(rules.Pinhole{ID: "a6.p1", Session: "a6", Src: d.server6, Dst: at(d.gwOut6, 50000), DNAT: at(d.client6, 40001)})
+		open(rules.Pinhole{ID: rules.PinholeID{Session: 109, N: 1}, Src: d.server6, Dst: at(d.gwOut6, 50000), DNAT: at(d.client6, 40001)})
 		d.expectPeer(d.server, netip.Addr{}, at(d.gwOut6, 50000), ln, d.server6)
 
 		if err := b.Verify(ctx); err != nil {
@@ -390,7 +389,7 @@ func TestNetnsNFTablesSingleUse(t *testing.T) {
 		for i, translate := range []bool{false, true} {
 			port := uint16(41000 + 10*i)
 			ln := d.listen(d.server, at(d.serverIP, port))
-			p := rules.Pinhole{ID: fmt.Sprintf("su.p%d", i), Session: "su", Src: d.clientIP, Dst: at(d.serverIP, port), TTL: time.Minute}
+			p := rules.Pinhole{ID: rules.PinholeID{Session: 111, N: uint32(1 + i)}, Src: d.clientIP, Dst: at(d.serverIP, port), TTL: time.Minute}
 			if translate {
 				// Reverse mode: the second SYN must not be translated either.
 				p.Dst = at(d.gwInside, port)
@@ -438,7 +437,7 @@ func TestNetnsNFTablesSingleUse(t *testing.T) {
 		for i := range pairs {
 			port := uint16(41100 + i)
 			ln := d.listen(d.server, at(d.serverIP, port))
-			p := rules.Pinhole{ID: fmt.Sprintf("su.par%d", i), Session: "su", Src: d.clientIP, Dst: at(d.serverIP, port), TTL: time.Minute}
+			p := rules.Pinhole{ID: rules.PinholeID{Session: 112, N: uint32(1 + i)}, Src: d.clientIP, Dst: at(d.serverIP, port), TTL: time.Minute}
 			if err := b.Open(ctx, p); err != nil {
 				t.Fatal(err)
 			}
@@ -501,8 +500,8 @@ func TestNetnsNFTablesTTL(t *testing.T) {
 		d.listen(d.server, at(d.serverIP, 42000))
 		d.listen(d.server, at(d.serverIP, 30000))
 		ps := []rules.Pinhole{
-			{ID: "ttl.p1", Session: "ttl", Src: d.clientIP, Dst: at(d.serverIP, 42000), SNAT: d.gwOutside, TTL: time.Second},
-			{ID: "ttl.p2", Session: "ttl", Src: d.clientIP, Dst: at(d.gwInside, 50000), DNAT: at(d.serverIP, 30000), TTL: time.Second},
+			{ID: rules.PinholeID{Session: 110, N: 1}, Src: d.clientIP, Dst: at(d.serverIP, 42000), SNAT: d.gwOutside, TTL: time.Second},
+			{ID: rules.PinholeID{Session: 110, N: 2}, Src: d.clientIP, Dst: at(d.gwInside, 50000), DNAT: at(d.serverIP, 30000), TTL: time.Second},
 		}
 		for _, p := range ps {
 			if err := b.Open(ctx, p); err != nil {

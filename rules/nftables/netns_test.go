@@ -181,11 +181,11 @@ func TestNetnsNFTablesGolden(t *testing.T) {
 	}
 	at := netip.AddrPortFrom
 	ps := []rules.Pinhole{
-		{ID: "s1.p1", Session: "s1", Src: addr("192.0.2.10"), Dst: at(addr("203.0.113.5"), 40000), SNAT: addr("203.0.113.1"), TTL: 30 * time.Second, Passive: true},
-		{ID: "s2.p1", Session: "s2", Src: addr("203.0.113.5"), Dst: at(addr("203.0.113.1"), 50000), DNAT: at(addr("192.0.2.10"), 40001), TTL: 30 * time.Second},
-		{ID: "s3.p1", Session: "s3", Src: addr("198.51.100.7"), Dst: at(addr("198.51.100.1"), 50002), DNAT: at(addr("192.0.2.20"), 30000), SNAT: addr("192.0.2.1"), TTL: 30 * time.Second, Passive: true},
-		{ID: "s4.p1", Session: "s4", Src: addr("2001:db8:1::10"), Dst: at(addr("2001:db8:2::5"), 40000), SNAT: addr("2001:db8:2::1"), TTL: 30 * time.Second, Passive: true},
-		{ID: "s5.p1", Session: "s5", Src: addr("2001:db8:2::5"), Dst: at(addr("2001:db8:2::1"), 50000), DNAT: at(addr("2001:db8:1::10"), 40001), TTL: 30 * time.Second},
+		{ID: rules.PinholeID{Session: 1, N: 1}, Src: addr("192.0.2.10"), Dst: at(addr("203.0.113.5"), 40000), SNAT: addr("203.0.113.1"), TTL: 30 * time.Second, Passive: true},
+		{ID: rules.PinholeID{Session: 2, N: 1}, Src: addr("203.0.113.5"), Dst: at(addr("203.0.113.1"), 50000), DNAT: at(addr("192.0.2.10"), 40001), TTL: 30 * time.Second},
+		{ID: rules.PinholeID{Session: 3, N: 1}, Src: addr("198.51.100.7"), Dst: at(addr("198.51.100.1"), 50002), DNAT: at(addr("192.0.2.20"), 30000), SNAT: addr("192.0.2.1"), TTL: 30 * time.Second, Passive: true},
+		{ID: rules.PinholeID{Session: 4, N: 1}, Src: addr("2001:db8:1::10"), Dst: at(addr("2001:db8:2::5"), 40000), SNAT: addr("2001:db8:2::1"), TTL: 30 * time.Second, Passive: true},
+		{ID: rules.PinholeID{Session: 5, N: 1}, Src: addr("2001:db8:2::5"), Dst: at(addr("2001:db8:2::1"), 50000), DNAT: at(addr("2001:db8:1::10"), 40001), TTL: 30 * time.Second},
 	}
 	for _, p := range ps {
 		if err := b.Open(ctx, p); err != nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"regexp"
 	"slices"
 	"sync"
 	"time"
@@ -283,15 +282,11 @@ func (b *Backend) hasTable() (bool, error) {
 	return slices.ContainsFunc(ts, func(t *nft.Table) bool { return t.Name == tableName }), nil
 }
 
-// idRE is what a session or pinhole ID may contain: it ends up in an
-// element comment.
-var idRE = regexp.MustCompile(`^[A-Za-z0-9._@/+=-]*$`)
-
 // elements returns the set and map elements of p, each with timeout ttl.
 func (b *Backend) elements(p rules.Pinhole, ttl time.Duration) []element {
 	f := famOf(p.Src)
 	key := keyOf(p.Src, p.Dst)
-	cm := commentPrefix + p.Session + ":" + fmt.Sprint(p.ID)
+	cm := commentPrefix + p.Session() + ":" + p.ID.String()
 	elems := []element{{set: f.open, key: key, timeout: ttl, comment: cm}}
 	if p.DNAT.IsValid() {
 		elems = append(elems, element{set: f.dnat, key: key, val: addrPortVal(p.DNAT), timeout: ttl, comment: cm})
@@ -319,10 +314,10 @@ func (b *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("opening pinhole: %w", err)
 	}
-	id := fmt.Sprint(p.ID)
-	if !idRE.MatchString(p.Session) || !idRE.MatchString(id) || len(p.Session)+len(id) > 200 {
-		return fmt.Errorf("opening pinhole %v: session and pinhole IDs may contain only letters, digits and ._@/+=-", p)
+	if p.ID.IsZero() {
+		return fmt.Errorf("opening pinhole %v: no ID", p)
 	}
+	id := p.ID.String()
 	ttl := ttlOf(p)
 	elems := b.elements(p, ttl)
 
@@ -354,7 +349,7 @@ func (b *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 	if err != nil {
 		return fmt.Errorf("opening pinhole %v: %w", p, err)
 	}
-	b.log.Debug("pinhole opened", "session", p.Session, "pinhole", p.String(), "ttl", ttl)
+	b.log.Debug("pinhole opened", "session", p.Session(), "pinhole", p.String(), "ttl", ttl)
 	return nil
 }
 
@@ -363,7 +358,7 @@ func (b *Backend) Open(ctx context.Context, p rules.Pinhole) error {
 // flushed by someone else) is not an error. Close does not disturb a
 // connection established through p. It is not interrupted by ctx.
 func (b *Backend) Close(ctx context.Context, p rules.Pinhole) error {
-	id := fmt.Sprint(p.ID)
+	id := p.ID.String()
 	b.life.RLock()
 	defer b.life.RUnlock()
 	b.mu.Lock()
@@ -394,7 +389,7 @@ func (b *Backend) Close(ctx context.Context, p rules.Pinhole) error {
 	if err != nil {
 		return fmt.Errorf("closing pinhole %v: %w", p, err)
 	}
-	b.log.Debug("pinhole closed", "session", p.Session, "pinhole", p.String())
+	b.log.Debug("pinhole closed", "session", p.Session(), "pinhole", p.String())
 	return nil
 }
 

@@ -86,7 +86,7 @@ func TestNetnsNFTablesRepair(t *testing.T) {
 		} {
 			port := uint16(43000 + i)
 			ln := d.listen(d.server, at(d.serverIP, port))
-			p := rules.Pinhole{ID: "rep.p" + string(rune('1'+i)), Session: "rep", Src: d.clientIP, Dst: at(d.serverIP, port), SNAT: d.gwOutside, TTL: time.Minute}
+			p := rules.Pinhole{ID: rules.PinholeID{Session: 120, N: uint32(1 + i)}, Src: d.clientIP, Dst: at(d.serverIP, port), SNAT: d.gwOutside, TTL: time.Minute}
 			if err := b.Open(ctx, p); err != nil {
 				t.Fatal(err)
 			}
@@ -103,7 +103,7 @@ func TestNetnsNFTablesRepair(t *testing.T) {
 				t.Fatalf("after nft %s: not repaired within 2 s: %v", strings.Join(foreign, " "), err)
 			}
 			out := run(t, "nft", "list", "set", "inet", "ftpalg", "open4")
-			if !strings.Contains(out, "ftpalg:rep:"+p.ID) {
+			if !strings.Contains(out, "ftpalg:s120:"+p.ID.String()) {
 				t.Errorf("pinhole not reinstalled after nft %s:\n%s", strings.Join(foreign, " "), out)
 			}
 			d.expectPeer(d.client, netip.Addr{}, p.Dst, ln, d.gwOutside)
