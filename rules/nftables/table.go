@@ -121,6 +121,12 @@ func newTable(mark uint32) *table {
 				DataType: f.addr},
 		)
 	}
+	// Set IDs need only be unique within a batch; set here, they keep
+	// google/nftables from counting them in a package variable that
+	// backends in several goroutines would race on.
+	for i, set := range tb.sets {
+		set.ID = uint32(i + 1)
+	}
 	accept := nft.ChainPolicyAccept
 	for _, c := range []struct {
 		name string
