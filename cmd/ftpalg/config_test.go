@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/alg"
+	"github.com/ftpalg/ftpalg/alg/ftps"
 )
 
 const reverseBase = "mode = \"reverse\"\nlisten = [\"203.0.113.1:21\"]\nupstream = [\"192.0.2.2:21\"]\n"
@@ -302,6 +303,60 @@ func TestContribConfigsValid(t *testing.T) {
 		if _, err := readConfigFile(f); err != nil {
 			t.Errorf("%s: %v", f, err)
 		}
+		// Literally what the README and the unit's ExecStartPre run.
+		var out, errOut strings.Builder
+		if code := mainErr([]string{"run", "--config", f, "--check-config"}, &out, &errOut); code != 0 ||
+			!strings.HasPrefix(out.String(), "configuration OK") {
+			t.Errorf("ftpalg run --config %s --check-config: exit %d, stdout %q, stderr %q", f, code, out.String(), errOut.String())
+		}
+	}
+}
+
+// TestCheckConfigTLSFiles: a certificate, key or CA bundle that cannot be
+// loaded is a configuration error (exit 2, one line naming the key) at
+// --check-config, not a failure after the firewall was set up.
+func TestCheckConfigTLSFiles(t *testing.T) {
+	dir := t.TempDir()
+	caPEM, certPEM, keyPEM, err := ftps.SelfSigned("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, kf, ca := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "ca.pem")
+	for f, b := range map[string][]byte{cf: certPEM, kf: keyPEM, ca: caPEM} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	missing := filepath.Join(dir, "missing.pem")
+	term := reverseBase + "tls = \"terminate\"\n"
+	for _, tc := range []struct {
+		name, file string
+		flags      []string
+		code       int
+		prefix     string // of the one line on stderr, after the path
+	}{
+		{"good", term + "tls-cert = \"" + cf + "\"\ntls-key = \"" + kf + "\"\n", nil, 0, ""},
+		{"good with CA", term + "tls-cert = \"" + cf + "\"\ntls-key = \"" + kf + "\"\ntls-upstream = \"explicit\"\ntls-upstream-ca = \"" + ca + "\"\n", nil, 0, ""},
+		{"missing cert", term + "tls-cert = \"" + missing + "\"\ntls-key = \"" + kf + "\"\n", nil, 2, ":5: tls-cert: loading TLS certificate"},
+		{"key of nothing", term + "tls-cert = \"" + cf + "\"\ntls-key = \"" + ca + "\"\n", nil, 2, ":5: tls-cert: loading TLS certificate"},
+		{"missing CA", term + "tls-cert = \"" + cf + "\"\ntls-key = \"" + kf + "\"\ntls-upstream = \"explicit\"\ntls-upstream-ca = \"" + missing + "\"\n", nil, 2, ":8: tls-upstream-ca: reading CA bundle"},
+		{"missing cert by flag", term + "tls-cert = \"" + cf + "\"\ntls-key = \"" + kf + "\"\n", []string{"--tls-cert", missing}, 2, "--tls-cert: loading TLS certificate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "ftpalg.toml")
+			if err := os.WriteFile(path, []byte(tc.file), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var out, errOut strings.Builder
+			code := mainErr(append([]string{"run", "--config", path, "--check-config"}, tc.flags...), &out, &errOut)
+			want := "ftpalg: " + path + tc.prefix
+			if tc.flags != nil {
+				want = "ftpalg: " + tc.prefix
+			}
+			if code != tc.code || (tc.code != 0 && (!strings.HasPrefix(errOut.String(), want) || strings.Count(errOut.String(), "\n") != 1)) {
+				t.Errorf("exit %d, stderr %q; want exit %d and one line starting %q", code, errOut.String(), tc.code, want)
+			}
+		})
 	}
 }
 

@@ -49,7 +49,11 @@ func loadConfig(args []string, fs *flag.FlagSet) (c Config, path string, check b
 		return c, path, check, err
 	}
 	c.fillDefaults()
-	if err := c.Validate(); err != nil {
+	err = c.Validate()
+	if err == nil {
+		err = c.checkTLSFiles()
+	}
+	if err != nil {
 		var ce *configError
 		if errors.As(err, &ce) {
 			fs2.Visit(func(f *flag.Flag) {

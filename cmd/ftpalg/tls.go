@@ -105,6 +105,25 @@ func (c *Config) validateTLS() error {
 	return nil
 }
 
+// checkTLSFiles loads the files --tls terminate names, so that
+// --check-config, the start (before anything is installed) and a reload
+// refuse a missing or unreadable certificate, key or CA bundle as a
+// configuration error naming its key.
+func (c *Config) checkTLSFiles() error {
+	if c.TLS != "terminate" {
+		return nil
+	}
+	if _, err := ftps.LoadCert(c.TLSCert, c.TLSKey); err != nil {
+		return bad("tls-cert", "%v", err)
+	}
+	if c.TLSUpstreamCA != "" {
+		if _, err := ftps.LoadRootCAs(c.TLSUpstreamCA); err != nil {
+			return bad("tls-upstream-ca", "%v", err)
+		}
+	}
+	return nil
+}
+
 // tlsPolicy sets the TLS part of p.
 func (c *Config) tlsPolicy(p *alg.Policy) {
 	switch {
