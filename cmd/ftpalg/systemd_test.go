@@ -50,6 +50,14 @@ func TestSystemdUnitVerifies(t *testing.T) {
 			}
 		}
 	}
+	// Under ProtectSystem=strict only the listed paths are writable, and a
+	// listed path that does not exist is not: the xtables lock that
+	// iptables-legacy opens with O_CREAT must exist before ExecStart, made
+	// outside the sandbox.
+	if !strings.Contains(string(unit), "\nReadWritePaths=/run/xtables.lock\n") ||
+		!strings.Contains(string(unit), "\nExecStartPre=+/usr/bin/touch /run/xtables.lock\n") {
+		t.Errorf("the unit does not make /run/xtables.lock exist and writable before the start")
+	}
 	for _, want := range []string{"Type=notify", "ExecReload=", "ExecStopPost=/usr/bin/ftpalg rules flush", "ProtectSystem=strict",
 		"NoNewPrivileges=yes", "PrivateTmp=yes", "AF_NETLINK", "WatchdogSec="} {
 		if !strings.Contains(string(unit), want) {
