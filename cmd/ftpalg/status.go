@@ -206,7 +206,16 @@ func (d *daemon) listenStatus(ctx context.Context) error {
 		c.Close()
 		return fmt.Errorf("status socket %s: another ftpalg answers on it", path)
 	}
-	os.Remove(path)
+	// Only a socket is removed: a mistyped --status-socket naming a file
+	// (the configuration itself) must not delete it.
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return fmt.Errorf("status socket %s: exists and is not a socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("removing the stale status socket: %w", err)
+		}
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
