@@ -452,6 +452,9 @@ func TestCommandLine(t *testing.T) {
 			t.Errorf("run -h lacks --%s", o.name)
 		}
 	}
+	if strings.Contains(out.String(), " VALUE\n") || strings.Contains(out.String(), " |") {
+		t.Errorf("run -h names a value VALUE, not what it is:\n%s", out.String())
+	}
 	if strings.Count(out.String(), "  ftpalg run --mode") != 2 {
 		t.Errorf("run -h does not show two examples:\n%s", out.String())
 	}

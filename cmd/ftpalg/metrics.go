@@ -95,7 +95,7 @@ func (m *metrics) watchProxy(p *alg.Proxy, live func() int) {
 	)
 }
 
-func (m *metrics) pinholeOpened()              { m.pinholesOpened.Inc() }
+func (m *metrics) pinholeOpened() { m.pinholesOpened.Inc() }
 func (m *metrics) pinholeClosed(reason string) {
 	// The log's "session end" is the label value session_end, as a
 	// refusal's "line too long" is line_too_long.

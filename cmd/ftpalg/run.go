@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,25 +63,35 @@ examples:
 	}
 }
 
-func printFlag(w io.Writer, f *flag.Flag) {
-	usage, name := f.Usage, ""
-	switch v := f.Value.(type) {
+// metavar names the value of a flag in -h and the man page ("" for a
+// boolean).
+func metavar(flagName string, v flag.Value) string {
+	switch v := v.(type) {
 	case *Duration:
-		name = "DURATION"
+		return "DURATION"
 	case *intVar:
-		name = "N"
+		return "N"
 	case enumVar:
-		name = strings.Join(v.in, "|")
+		return strings.Join(slices.DeleteFunc(slices.Clone(v.in), func(s string) bool { return s == "" }), "|")
 	case *listVar, *stringVar:
-		name = "VALUE"
-		if f.Name == "listen" || f.Name == "metrics-listen" {
-			name = "ADDR:PORT"
-		} else if f.Name == "upstream" {
-			name = "HOST:PORT"
-		} else if f.Name == "intercept" {
-			name = "IFACE[,IFACE]"
+		if m := metavars[flagName]; m != "" {
+			return m
 		}
+		return "VALUE"
 	}
+	return ""
+}
+
+// metavars name the value of each string flag.
+var metavars = map[string]string{
+	"listen": "ADDR:PORT", "metrics-listen": "ADDR:PORT", "tls-implicit-listen": "ADDR:PORT",
+	"upstream": "HOST:PORT", "intercept": "IFACE[,IFACE]", "public-addr": "ADDR", "data-ports": "LO-HI",
+	"status-socket": "auto|off|PATH", "tls-cert": "FILE", "tls-key": "FILE", "tls-upstream-ca": "FILE",
+	"tls-upstream-name": "NAME",
+}
+
+func printFlag(w io.Writer, f *flag.Flag) {
+	usage, name := f.Usage, metavar(f.Name, f.Value)
 	if f.Name == "config" {
 		name = "FILE"
 	}
