@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"log/syslog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -198,4 +199,20 @@ func parseLevel(s string) slog.Level {
 	var lv slog.Level
 	lv.UnmarshalText([]byte(s)) // validated
 	return lv
+}
+
+// listen is net.Listen with an error that does not repeat the address the
+// caller names: "address already in use", not "listen tcp ADDR: bind:
+// address already in use".
+func listen(network, addr string) (net.Listener, error) {
+	ln, err := net.Listen(network, addr)
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		var se *os.SyscallError
+		if errors.As(oe.Err, &se) {
+			return nil, se.Err
+		}
+		return nil, oe.Err
+	}
+	return ln, err
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"runtime"
 	"strings"
@@ -245,7 +244,7 @@ func (d *daemon) serveMetrics(ctx context.Context) error {
 
 // serveHTTP serves h on a new listener until run returns.
 func (d *daemon) serveHTTP(ctx context.Context, network, addr string, h http.Handler, what string) error {
-	ln, err := net.Listen(network, addr)
+	ln, err := listen(network, addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s for %s: %w", addr, what, err)
 	}

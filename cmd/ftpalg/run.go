@@ -197,7 +197,7 @@ func (d *daemon) run(ctx context.Context) (err error) {
 		return err
 	}
 	for _, s := range c.Listen {
-		ln, err := net.Listen("tcp", s)
+		ln, err := listen("tcp", s)
 		if err != nil {
 			return fmt.Errorf("listening on %s: %w", s, err)
 		}

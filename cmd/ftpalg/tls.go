@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 
@@ -195,7 +194,7 @@ func (d *daemon) setupTLS(b rules.Backend) error {
 // listenImplicit opens the implicit FTPS listeners.
 func (d *daemon) listenImplicit() error {
 	for _, s := range d.cfg.TLSImplicitListen {
-		ln, err := net.Listen("tcp", s)
+		ln, err := listen("tcp", s)
 		if err != nil {
 			return fmt.Errorf("listening for implicit FTPS on %s: %w", s, err)
 		}
