@@ -34,7 +34,11 @@ func init() {
 	register("status", "what a running ftpalg holds now: sessions, pinholes, counters", statusCmd)
 }
 
-// Status is the JSON answer of the status socket (schema "ftpalg-status/1").
+// Status is the JSON answer of the status socket and of `ftpalg status
+// --json` (schema "ftpalg-status/1", documented in the README's "Status").
+// Times are seconds; addresses are ADDR:PORT strings ([v6]:port); a new
+// field may be added under the same schema, a changed or removed one gets
+// a new schema name.
 type Status struct {
 	Schema   string             `json:"schema"`
 	PID      int                `json:"pid"`
@@ -219,7 +223,9 @@ func (d *daemon) listenStatus(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(d.status())
+		e := json.NewEncoder(w)
+		e.SetEscapeHTML(false) // direction="client->server", not \u003e
+		e.Encode(d.status())
 	})
 	old := syscallUmask(0o077)
 	err = d.serveHTTP(ctx, "unix", path, mux, "status")
@@ -282,6 +288,7 @@ flags:
 	if *asJSON {
 		e := json.NewEncoder(stdout)
 		e.SetIndent("", "  ")
+		e.SetEscapeHTML(false)
 		return e.Encode(st)
 	}
 	printStatus(stdout, st)

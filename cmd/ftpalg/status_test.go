@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -39,6 +42,17 @@ func TestStatusSocketStaleAndForeign(t *testing.T) {
 	if err != nil || fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o600 {
 		t.Errorf("status socket %v, %v; want a socket with mode 0600", fi.Mode(), err)
 	}
+	// ftpalg status --json reads it: the schema, and label values as they
+	// are (client->server, not client-\u003eserver).
+	var out, errOut strings.Builder
+	if code := mainErr([]string{"status", "--socket", stale, "--json"}, &out, &errOut); code != 0 {
+		t.Fatalf("ftpalg status: exit %d: %s", code, errOut.String())
+	}
+	var st Status
+	if err := json.Unmarshal([]byte(out.String()), &st); err != nil || st.Schema != "ftpalg-status/1" ||
+		!strings.Contains(out.String(), `direction=\"client->server\"`) {
+		t.Errorf("ftpalg status --json: %v\n%s", err, out.String())
+	}
 	// A second daemon on the same socket is refused while the first answers.
 	if err := newDaemon(stale).listenStatus(context.Background()); err == nil {
 		t.Error("a second daemon took the socket of a running one")
@@ -57,5 +71,41 @@ func TestStatusSocketStaleAndForeign(t *testing.T) {
 	}
 	if b, err := os.ReadFile(file); err != nil || string(b) != "mode = \"gateway\"\n" {
 		t.Errorf("the file under --status-socket was changed: %q, %v", b, err)
+	}
+}
+
+// TestStatusSchemaDocumented: the README's ftpalg-status/1 example is the
+// schema: it decodes strictly into Status (no unknown field) and names
+// every field of it, and the text output is readable (no \u003e).
+func TestStatusSchemaDocumented(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, _ := strings.Cut(string(readme), "\n### Status\n")
+	sec, _, _ = strings.Cut(sec, "\n## ")
+	_, ex, ok := strings.Cut(sec, "```\n")
+	ex, _, _ = strings.Cut(ex, "```\n")
+	if !ok || !strings.Contains(ex, `"schema": "ftpalg-status/1"`) {
+		t.Fatalf("no ftpalg-status/1 example in the README's Status section")
+	}
+	dec := json.NewDecoder(strings.NewReader(ex))
+	dec.DisallowUnknownFields()
+	var st Status
+	if err := dec.Decode(&st); err != nil {
+		t.Fatalf("the README's example is not the schema: %v", err)
+	}
+	for _, typ := range []reflect.Type{reflect.TypeFor[Status](), reflect.TypeFor[StatusSession](), reflect.TypeFor[StatusPinhole]()} {
+		for f := range typ.Fields() {
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if !strings.Contains(ex, `"`+name+`":`) && !strings.Contains(sec, "`"+name+"`") {
+				t.Errorf("the README does not document %s.%s (%q)", typ.Name(), f.Name, name)
+			}
+		}
+	}
+	var out strings.Builder
+	printStatus(&out, st)
+	if !strings.Contains(out.String(), "s12.p3") || strings.Contains(out.String(), `\u00`) {
+		t.Errorf("text status:\n%s", out.String())
 	}
 }
