@@ -88,6 +88,15 @@ var metavars = map[string]string{
 	"upstream": "HOST:PORT", "intercept": "IFACE[,IFACE]", "public-addr": "ADDR", "data-ports": "LO-HI",
 	"status-socket": "auto|off|PATH", "tls-cert": "FILE", "tls-key": "FILE", "tls-upstream-ca": "FILE",
 	"tls-upstream-name": "NAME",
+	// lab, inspect, status
+	"capture": "FILE", "color": "auto|always|never", "size": "BYTES", "ports": "PORT[,PORT]",
+	"socket": "auto|PATH", "max-line": "N", "min-data-port": "N",
+}
+
+// printDefaults prints every flag of fs the way run -h does (--name VALUE,
+// the usage indented below), for the other subcommands' -h.
+func printDefaults(fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) { printFlag(fs.Output(), f) })
 }
 
 func printFlag(w io.Writer, f *flag.Flag) {
@@ -95,10 +104,23 @@ func printFlag(w io.Writer, f *flag.Flag) {
 	if f.Name == "config" {
 		name = "FILE"
 	}
+	if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); name == "" && !(ok && bf.IsBoolFlag()) {
+		// A flag of the flag package (the other subcommands): its name
+		// from metavars, `backquotes` in the usage, or its type.
+		name, usage = flag.UnquoteUsage(f)
+		name = strings.ToUpper(name)
+		if m := metavars[f.Name]; m != "" {
+			name = m
+		}
+	}
+	dashes := "--"
+	if len(f.Name) == 1 {
+		dashes = "-"
+	}
 	if name == "" {
-		fmt.Fprintf(w, "  --%s\n", f.Name)
+		fmt.Fprintf(w, "  %s%s\n", dashes, f.Name)
 	} else {
-		fmt.Fprintf(w, "  --%s %s\n", f.Name, name)
+		fmt.Fprintf(w, "  %s%s %s\n", dashes, f.Name, name)
 	}
 	if f.DefValue != "" && f.DefValue != "false" {
 		usage += fmt.Sprintf(" (default %s)", f.DefValue)

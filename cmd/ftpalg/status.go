@@ -253,7 +253,7 @@ daemon over its root-only status socket.
 
 flags:
 `)
-		fs.PrintDefaults()
+		printDefaults(fs)
 	}
 	asJSON := fs.Bool("json", false, "print the status as JSON (schema ftpalg-status/1)")
 	sock := fs.String("socket", "auto", "the daemon's status socket (auto: this network namespace's, in /run/ftpalg)")
