@@ -166,7 +166,8 @@ func (m *metrics) count(r slog.Record) {
 		if reason == "limit" {
 			m.sessionsLimit.Inc()
 		}
-	case r.Message == "iptables rules repaired":
+	case r.Message == "iptables rules repaired", strings.HasPrefix(r.Message, "firewall state repaired"):
+		// The iptables backend's line, and the nftables backend's.
 		m.repairs.Inc()
 	case strings.HasPrefix(r.Message, "conntrack: event socket overflowed"):
 		m.ctOverflows.Inc()

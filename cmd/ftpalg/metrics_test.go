@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
 
@@ -64,4 +65,43 @@ func mustGather(t *testing.T, m *metrics) []*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	return mfs
+}
+
+// TestMetricsFromLogLines: the counters read from log lines count the
+// lines of every backend, and nothing else; the listener is off by default.
+func TestMetricsFromLogLines(t *testing.T) {
+	m := newMetrics()
+	log := slog.New(m.tap(slog.DiscardHandler))
+	log.Warn("iptables rules repaired", "missing", "jump")
+	log.Warn("firewall state repaired after a foreign change", "table_recreated", true)
+	log.Warn("pinhole open failed")
+	log.Warn("refused", "what", "limit")
+	log.Warn("conntrack: event socket overflowed, events lost; resynchronizing from the table")
+	for _, c := range []struct {
+		name string
+		got  float64
+		want float64
+	}{
+		{"ftpalg_firewall_repairs_total", counterValue(t, m.repairs), 2},
+		{"ftpalg_sessions_refused_total", counterValue(t, m.sessionsLimit), 1},
+		{"ftpalg_refusals_total{reason=limit}", counterValue(t, m.refusals.WithLabelValues("limit")), 1},
+		{"ftpalg_conntrack_event_overflows_total", counterValue(t, m.ctOverflows), 1},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	if d := DefaultConfig(); d.MetricsListen != "" {
+		t.Errorf("metrics-listen defaults to %q: the listener must be off by default", d.MetricsListen)
+	}
+}
+
+// counterValue reads one counter.
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := c.Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	return d.GetCounter().GetValue()
 }
