@@ -312,6 +312,29 @@ func TestContribConfigsValid(t *testing.T) {
 	}
 }
 
+// TestContribConfigsShowEveryKey: every key is shown, set or commented
+// out, in one of the example files (the README says where), but for the
+// deprecated allow-tls.
+func TestContribConfigsShowEveryKey(t *testing.T) {
+	files, _ := filepath.Glob("../../contrib/*/*.toml")
+	var all strings.Builder
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all.Write(b)
+	}
+	for _, o := range options {
+		if o.name == "allow-tls" {
+			continue
+		}
+		if keyLine([]byte(strings.ReplaceAll(all.String(), "\n# ", "\n")), o.name) == 0 {
+			t.Errorf("no example under contrib/ shows the key %s", o.name)
+		}
+	}
+}
+
 // TestCheckConfigTLSFiles: a certificate, key or CA bundle that cannot be
 // loaded is a configuration error (exit 2, one line naming the key) at
 // --check-config, not a failure after the firewall was set up.
