@@ -42,6 +42,28 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
+	// With the sidecar's drop-in (verify reads ftpalg.service.d/ next to
+	// the unit): no unknown key, no bad value.
+	dropIn, err := os.ReadFile("../../contrib/sidecar/sidecar.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(path+".d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(path+".d", "sidecar.conf"), dropIn, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(sa, "verify", "--man=no", path).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Fatalf("systemd-analyze verify with the sidecar drop-in: %v\n%s", err, out)
+	}
+	for _, want := range []string{"\nCapabilityBoundingSet=\nCapabilityBoundingSet=CAP_NET_BIND_SERVICE\n",
+		"\nAmbientCapabilities=\nAmbientCapabilities=CAP_NET_BIND_SERVICE\n", "\nExecStopPost=\n"} {
+		if !strings.Contains(string(dropIn), want) {
+			t.Errorf("the sidecar drop-in lacks %q", want)
+		}
+	}
 	// The capabilities are exactly the two the unit documents.
 	for _, l := range strings.Split(string(unit), "\n") {
 		if k, v, ok := strings.Cut(l, "="); ok && (k == "CapabilityBoundingSet" || k == "AmbientCapabilities") {
