@@ -166,8 +166,7 @@ func (m *metrics) count(r slog.Record) {
 		if reason == "limit" {
 			m.sessionsLimit.Inc()
 		}
-	case r.Message == "iptables rules repaired", strings.HasPrefix(r.Message, "firewall state repaired"):
-		// The iptables backend's line, and the nftables backend's.
+	case r.Message == "iptables rules repaired", r.Message == "firewall state repaired after a foreign change":
 		m.repairs.Inc()
 	case strings.HasPrefix(r.Message, "conntrack: event socket overflowed"):
 		m.ctOverflows.Inc()
