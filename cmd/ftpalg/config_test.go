@@ -451,6 +451,8 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"inspect", "-h"}, 0, "\n  --ports PORT[,PORT]\n", ""},
 		{[]string{"lab", "-h"}, 0, "\n  --capture FILE\n", ""},
 		{[]string{"status", "extra"}, 2, "", "ftpalg: status: unexpected arguments [\"extra\"]\n"},
+		{[]string{"status", "--socket", "/nonexistent/ftpalg.sock"}, 1, "",
+			"ftpalg: no ftpalg answers on /nonexistent/ftpalg.sock (is it running in this network namespace?): no such file or directory\n"},
 		{[]string{"run", "--bogus"}, 2, "", "ftpalg: run: flag provided but not defined: -bogus (see 'ftpalg run -h')\n"},
 		{[]string{"lab", "--bogus"}, 2, "", "ftpalg: lab: flag provided but not defined: -bogus (see 'ftpalg lab -h')\n"},
 		{[]string{"inspect", "--bogus", "x"}, 2, "", "ftpalg: inspect: flag provided but not defined: -bogus (see 'ftpalg inspect -h')\n"},

@@ -278,6 +278,10 @@ flags:
 		if errors.Is(err, os.ErrPermission) {
 			return fmt.Errorf("reading the status socket %s: permission denied (it is root's)", path)
 		}
+		var se *os.SyscallError // not: Get "http://ftpalg/status": dial unix PATH: connect: ...
+		if errors.As(err, &se) {
+			err = se.Err
+		}
 		return fmt.Errorf("no ftpalg answers on %s (is it running in this network namespace?): %w", path, err)
 	}
 	defer resp.Body.Close()
