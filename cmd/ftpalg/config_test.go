@@ -450,6 +450,8 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"status", "-h"}, 0, "\n  --socket auto|PATH\n", ""},
 		{[]string{"inspect", "-h"}, 0, "\n  --ports PORT[,PORT]\n", ""},
 		{[]string{"lab", "-h"}, 0, "\n  --capture FILE\n", ""},
+		{[]string{"run", "--drain", "5"}, 2, "", "ftpalg: run: invalid value \"5\" for flag -drain: want a duration such as \"30s\" or \"2m\" (missing unit) (see 'ftpalg run -h')\n"},
+		{[]string{"run", "--drain", "soon"}, 2, "", "ftpalg: run: invalid value \"soon\" for flag -drain: want a duration such as \"30s\" or \"2m\" (see 'ftpalg run -h')\n"},
 		{[]string{"status", "extra"}, 2, "", "ftpalg: status: unexpected arguments [\"extra\"]\n"},
 		{[]string{"status", "--socket", "/nonexistent/ftpalg.sock"}, 1, "",
 			"ftpalg: no ftpalg answers on /nonexistent/ftpalg.sock (is it running in this network namespace?): no such file or directory\n"},
