@@ -130,7 +130,9 @@ func TestParseConfigBad(t *testing.T) {
 	}{
 		{"syntax error", reverseBase + "max-sessions = \n", "syntax", 4, ""},
 		{"unterminated string", "mode = \"reverse\n", "syntax", 1, ""},
-		{"unknown key", reverseBase + "\nmax-session = 5\n", "max-session", 5, "unknown key"},
+		{"unknown key", reverseBase + "\nmax-session = 5\n", "max-session", 5, "unknown key; did you mean max-sessions?"},
+		{"unknown key, nothing near", reverseBase + "\nsessions-maximum = 5\n", "sessions-maximum", 5, "unknown key (see `ftpalg run -h`"},
+		{"flag spelling as key", reverseBase + "\npinhole_ttl = \"5s\"\n", "pinhole_ttl", 5, "did you mean pinhole-ttl?"},
 		{"unknown table", reverseBase + "[policy]\nmin-data-port = 5\n", "policy", 4, "unknown table"},
 		{"string for a number", reverseBase + "max-sessions = \"many\"\n", "max-sessions", 4, "want a whole number"},
 		{"number for a string", reverseBase + "data-ports = 40000\n", "data-ports", 4, "want a string"},
