@@ -457,6 +457,8 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"status", "extra"}, 2, "", "ftpalg: status: unexpected arguments [\"extra\"]\n"},
 		{[]string{"status", "--socket", "/nonexistent/ftpalg.sock"}, 1, "",
 			"ftpalg: no ftpalg answers on /nonexistent/ftpalg.sock (is it running in this network namespace?): no such file or directory\n"},
+		{[]string{"run", "--max-session", "5"}, 2, "", "ftpalg: run: flag provided but not defined: -max-session (did you mean --max-sessions?)\n"},
+		{[]string{"status", "--jsn"}, 2, "", "ftpalg: status: flag provided but not defined: -jsn (did you mean --json?)\n"},
 		{[]string{"run", "--bogus"}, 2, "", "ftpalg: run: flag provided but not defined: -bogus (see 'ftpalg run -h')\n"},
 		{[]string{"lab", "--bogus"}, 2, "", "ftpalg: lab: flag provided but not defined: -bogus (see 'ftpalg lab -h')\n"},
 		{[]string{"inspect", "--bogus", "x"}, 2, "", "ftpalg: inspect: flag provided but not defined: -bogus (see 'ftpalg inspect -h')\n"},

@@ -220,11 +220,20 @@ func keyLine(b []byte, key string) int {
 // nearestKey is the option name within two edits of key ("" if none or
 // several are): a typo gets a suggestion.
 func nearestKey(key string) string {
+	names := make([]string, len(options))
+	for i, o := range options {
+		names[i] = o.name
+	}
+	return nearest(key, names)
+}
+
+// nearest is the one name within two edits of s, or "".
+func nearest(s string, names []string) string {
 	best, n, tie := "", 3, false
-	for _, o := range options {
-		switch d := editDistance(key, o.name); {
+	for _, name := range names {
+		switch d := editDistance(s, name); {
 		case d < n:
-			best, n, tie = o.name, d, false
+			best, n, tie = name, d, false
 		case d == n:
 			tie = true
 		}

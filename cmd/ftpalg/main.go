@@ -137,7 +137,15 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		return flag.ErrHelp
 	}
 	if err != nil {
-		return usagef("%s: %v (see '%s -h')", strings.TrimPrefix(fs.Name(), "ftpalg "), err, fs.Name())
+		hint := fmt.Sprintf("see '%s -h'", fs.Name())
+		if name, ok := strings.CutPrefix(err.Error(), "flag provided but not defined: -"); ok {
+			var names []string
+			fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+			if near := nearest(strings.TrimPrefix(name, "-"), names); near != "" {
+				hint = "did you mean --" + near + "?"
+			}
+		}
+		return usagef("%s: %v (%s)", strings.TrimPrefix(fs.Name(), "ftpalg "), err, hint)
 	}
 	return nil
 }
