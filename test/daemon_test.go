@@ -399,3 +399,54 @@ func ftpalgStatus(t *testing.T, ns *netlab.NS) statusJSON {
 }
 
 func netip4(addr string, port uint16) string { return fmt.Sprintf("%s:%d", addr, port) }
+
+// TestReloadCert: with --tls terminate, a SIGHUP re-reads the certificate
+// files: a session started after it is presented the new certificate (a
+// client trusting only the old CA now fails, one trusting the new CA
+// passes). A broken file on SIGHUP keeps the certificate in use and says
+// so in one line.
+func TestReloadCert(t *testing.T) {
+	topo, ctx := gatewayTopo(t)
+	srv := netlab.StartServer(t, topo.Client, netlab.Vsftpd, netlab.ServerOptions{})
+	names := []string{gwOutside(netlab.IPv4).String(), gwOutside(netlab.IPv6).String()}
+	old, next := netlab.NewTLSFiles(t, names...), netlab.NewTLSFiles(t, names...)
+	a := startALG(t, topo.GW, ftpsArgs("iptables", old)...)
+
+	list := func(ca string) netlab.Result {
+		t.Helper()
+		x := srv.Transfer(t, netlab.Curl, netlab.EPSV, netlab.List, netlab.IPv4)
+		x.TLS, x.CAFile, x.Server = netlab.TLSExplicit, ca, publicAddr(netlab.IPv4)
+		x.Timeout = 30 * time.Second
+		return netlab.RunTransfer(ctx, topo.Server, x)
+	}
+	if err := srv.Verify(list(old.CA)); err != nil {
+		t.Fatalf("before the reload, trusting the first CA: %v", err)
+	}
+	// Renewed in place, as certbot's deploy hook would, then SIGHUP.
+	for dst, src := range map[string]string{old.Cert: next.Cert, old.Key: next.Key} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.hup(t, "TLS certificate reloaded", 1)
+	if err := srv.Verify(list(next.CA)); err != nil {
+		t.Errorf("after the reload, trusting the new CA: %v", err)
+	}
+	if r := list(old.CA); r.Err == nil {
+		t.Errorf("after the reload the old certificate is still presented:\n%s", r.Summary())
+	}
+
+	// A broken certificate file: the one in use stays.
+	if err := os.WriteFile(old.Cert, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.hup(t, "TLS certificate reload failed: keeping the running one", 1)
+	if err := srv.Verify(list(next.CA)); err != nil {
+		t.Errorf("after a failed reload, trusting the new CA: %v", err)
+	}
+	a.StopClean()
+}

@@ -86,7 +86,16 @@ type Duration time.Duration
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
-		return fmt.Errorf("want a duration such as \"30s\" or \"2m\": %w", err)
+		// "missing unit", not `time: missing unit in duration "5"`: the
+		// caller names the value already.
+		why := strings.TrimPrefix(err.Error(), "time: ")
+		if i := strings.Index(why, " in duration "); i >= 0 {
+			why = why[:i]
+		}
+		if strings.HasPrefix(why, "invalid duration") {
+			return errors.New(`want a duration such as "30s" or "2m"`)
+		}
+		return fmt.Errorf(`want a duration such as "30s" or "2m" (%s)`, why)
 	}
 	*d = Duration(v)
 	return nil

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/alg"
+	"github.com/ftpalg/ftpalg/alg/ftps"
 )
 
 const reverseBase = "mode = \"reverse\"\nlisten = [\"203.0.113.1:21\"]\nupstream = [\"192.0.2.2:21\"]\n"
@@ -129,7 +130,9 @@ func TestParseConfigBad(t *testing.T) {
 	}{
 		{"syntax error", reverseBase + "max-sessions = \n", "syntax", 4, ""},
 		{"unterminated string", "mode = \"reverse\n", "syntax", 1, ""},
-		{"unknown key", reverseBase + "\nmax-session = 5\n", "max-session", 5, "unknown key"},
+		{"unknown key", reverseBase + "\nmax-session = 5\n", "max-session", 5, "unknown key; did you mean max-sessions?"},
+		{"unknown key, nothing near", reverseBase + "\nsessions-maximum = 5\n", "sessions-maximum", 5, "unknown key (see `ftpalg run -h`"},
+		{"flag spelling as key", reverseBase + "\npinhole_ttl = \"5s\"\n", "pinhole_ttl", 5, "did you mean pinhole-ttl?"},
 		{"unknown table", reverseBase + "[policy]\nmin-data-port = 5\n", "policy", 4, "unknown table"},
 		{"string for a number", reverseBase + "max-sessions = \"many\"\n", "max-sessions", 4, "want a whole number"},
 		{"number for a string", reverseBase + "data-ports = 40000\n", "data-ports", 4, "want a string"},
@@ -302,6 +305,83 @@ func TestContribConfigsValid(t *testing.T) {
 		if _, err := readConfigFile(f); err != nil {
 			t.Errorf("%s: %v", f, err)
 		}
+		// Literally what the README and the unit's ExecStartPre run.
+		var out, errOut strings.Builder
+		if code := mainErr([]string{"run", "--config", f, "--check-config"}, &out, &errOut); code != 0 ||
+			!strings.HasPrefix(out.String(), "configuration OK") {
+			t.Errorf("ftpalg run --config %s --check-config: exit %d, stdout %q, stderr %q", f, code, out.String(), errOut.String())
+		}
+	}
+}
+
+// TestContribConfigsShowEveryKey: every key is shown, set or commented
+// out, in one of the example files (the README says where), but for the
+// deprecated allow-tls.
+func TestContribConfigsShowEveryKey(t *testing.T) {
+	files, _ := filepath.Glob("../../contrib/*/*.toml")
+	var all strings.Builder
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all.Write(b)
+	}
+	for _, o := range options {
+		if o.name == "allow-tls" {
+			continue
+		}
+		if keyLine([]byte(strings.ReplaceAll(all.String(), "\n# ", "\n")), o.name) == 0 {
+			t.Errorf("no example under contrib/ shows the key %s", o.name)
+		}
+	}
+}
+
+// TestCheckConfigTLSFiles: a certificate, key or CA bundle that cannot be
+// loaded is a configuration error (exit 2, one line naming the key) at
+// --check-config, not a failure after the firewall was set up.
+func TestCheckConfigTLSFiles(t *testing.T) {
+	dir := t.TempDir()
+	caPEM, certPEM, keyPEM, err := ftps.SelfSigned("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, kf, ca := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "ca.pem")
+	for f, b := range map[string][]byte{cf: certPEM, kf: keyPEM, ca: caPEM} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	missing := filepath.Join(dir, "missing.pem")
+	term := reverseBase + "tls = \"terminate\"\n"
+	for _, tc := range []struct {
+		name, file string
+		flags      []string
+		code       int
+		prefix     string // of the one line on stderr, after the path
+	}{
+		{"good", term + "tls-cert = \"" + cf + "\"\ntls-key = \"" + kf + "\"\n", nil, 0, ""},
+		{"good with CA", term + "tls-cert = \"" + cf + "\"\ntls-key = \"" + kf + "\"\ntls-upstream = \"explicit\"\ntls-upstream-ca = \"" + ca + "\"\n", nil, 0, ""},
+		{"missing cert", term + "tls-cert = \"" + missing + "\"\ntls-key = \"" + kf + "\"\n", nil, 2, ":5: tls-cert: loading TLS certificate"},
+		{"key of nothing", term + "tls-cert = \"" + cf + "\"\ntls-key = \"" + ca + "\"\n", nil, 2, ":5: tls-cert: loading TLS certificate"},
+		{"missing CA", term + "tls-cert = \"" + cf + "\"\ntls-key = \"" + kf + "\"\ntls-upstream = \"explicit\"\ntls-upstream-ca = \"" + missing + "\"\n", nil, 2, ":8: tls-upstream-ca: reading CA bundle"},
+		{"missing cert by flag", term + "tls-cert = \"" + cf + "\"\ntls-key = \"" + kf + "\"\n", []string{"--tls-cert", missing}, 2, "--tls-cert: loading TLS certificate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "ftpalg.toml")
+			if err := os.WriteFile(path, []byte(tc.file), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var out, errOut strings.Builder
+			code := mainErr(append([]string{"run", "--config", path, "--check-config"}, tc.flags...), &out, &errOut)
+			want := "ftpalg: " + path + tc.prefix
+			if tc.flags != nil {
+				want = "ftpalg: " + tc.prefix
+			}
+			if code != tc.code || (tc.code != 0 && (!strings.HasPrefix(errOut.String(), want) || strings.Count(errOut.String(), "\n") != 1)) {
+				t.Errorf("exit %d, stderr %q; want exit %d and one line starting %q", code, errOut.String(), tc.code, want)
+			}
+		})
 	}
 }
 
@@ -369,7 +449,16 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"rules", "-h"}, 0, "usage: ftpalg rules list|flush", ""},
 		{[]string{"rules"}, 2, "", "ftpalg: rules: want list or flush (see 'ftpalg rules -h')\n"},
 		{[]string{"status", "-h"}, 0, "usage: ftpalg status", ""},
+		{[]string{"status", "-h"}, 0, "\n  --socket auto|PATH\n", ""},
+		{[]string{"inspect", "-h"}, 0, "\n  --ports PORT[,PORT]\n", ""},
+		{[]string{"lab", "-h"}, 0, "\n  --capture FILE\n", ""},
+		{[]string{"run", "--drain", "5"}, 2, "", "ftpalg: run: invalid value \"5\" for flag -drain: want a duration such as \"30s\" or \"2m\" (missing unit) (see 'ftpalg run -h')\n"},
+		{[]string{"run", "--drain", "soon"}, 2, "", "ftpalg: run: invalid value \"soon\" for flag -drain: want a duration such as \"30s\" or \"2m\" (see 'ftpalg run -h')\n"},
 		{[]string{"status", "extra"}, 2, "", "ftpalg: status: unexpected arguments [\"extra\"]\n"},
+		{[]string{"status", "--socket", "/nonexistent/ftpalg.sock"}, 1, "",
+			"ftpalg: no ftpalg answers on /nonexistent/ftpalg.sock (is it running in this network namespace?): no such file or directory\n"},
+		{[]string{"run", "--max-session", "5"}, 2, "", "ftpalg: run: flag provided but not defined: -max-session (did you mean --max-sessions?)\n"},
+		{[]string{"status", "--jsn"}, 2, "", "ftpalg: status: flag provided but not defined: -jsn (did you mean --json?)\n"},
 		{[]string{"run", "--bogus"}, 2, "", "ftpalg: run: flag provided but not defined: -bogus (see 'ftpalg run -h')\n"},
 		{[]string{"lab", "--bogus"}, 2, "", "ftpalg: lab: flag provided but not defined: -bogus (see 'ftpalg lab -h')\n"},
 		{[]string{"inspect", "--bogus", "x"}, 2, "", "ftpalg: inspect: flag provided but not defined: -bogus (see 'ftpalg inspect -h')\n"},
@@ -396,6 +485,9 @@ func TestCommandLine(t *testing.T) {
 		if !strings.Contains(out.String(), "  --"+o.name+" ") && !strings.Contains(out.String(), "  --"+o.name+"\n") {
 			t.Errorf("run -h lacks --%s", o.name)
 		}
+	}
+	if strings.Contains(out.String(), " VALUE\n") || strings.Contains(out.String(), " |") {
+		t.Errorf("run -h names a value VALUE, not what it is:\n%s", out.String())
 	}
 	if strings.Count(out.String(), "  ftpalg run --mode") != 2 {
 		t.Errorf("run -h does not show two examples:\n%s", out.String())

@@ -49,7 +49,11 @@ func loadConfig(args []string, fs *flag.FlagSet) (c Config, path string, check b
 		return c, path, check, err
 	}
 	c.fillDefaults()
-	if err := c.Validate(); err != nil {
+	err = c.Validate()
+	if err == nil {
+		err = c.checkTLSFiles()
+	}
+	if err != nil {
 		var ce *configError
 		if errors.As(err, &ce) {
 			fs2.Visit(func(f *flag.Flag) {
@@ -175,6 +179,9 @@ func tomlError(err error) error {
 		switch msg {
 		case "unknown field":
 			msg = "unknown key (see `ftpalg run -h` for the keys)"
+			if near := nearestKey(key); near != "" {
+				msg = fmt.Sprintf("unknown key; did you mean %s?", near)
+			}
 		case "missing table":
 			msg = "unknown table (the file has no tables: its keys are the flag names)"
 		}
@@ -208,4 +215,52 @@ func keyLine(b []byte, key string) int {
 		}
 	}
 	return 0
+}
+
+// nearestKey is the option name within two edits of key ("" if none or
+// several are): a typo gets a suggestion.
+func nearestKey(key string) string {
+	names := make([]string, len(options))
+	for i, o := range options {
+		names[i] = o.name
+	}
+	return nearest(key, names)
+}
+
+// nearest is the one name within two edits of s, or "".
+func nearest(s string, names []string) string {
+	best, n, tie := "", 3, false
+	for _, name := range names {
+		switch d := editDistance(s, name); {
+		case d < n:
+			best, n, tie = name, d, false
+		case d == n:
+			tie = true
+		}
+	}
+	if tie {
+		return ""
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }

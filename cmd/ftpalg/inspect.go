@@ -52,7 +52,7 @@ func inspectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.SetOutput(stdout)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), inspectUsage)
-		fs.PrintDefaults()
+		printDefaults(fs)
 	}
 	def := alg.DefaultPolicy()
 	jsonOut := fs.Bool("json", false, "write the report as JSON (schema "+inspect.Schema+", see the alg/inspect package doc)")

@@ -33,7 +33,7 @@ Exit status 0 only when every step did what it said.
 
 flags:
 `)
-		fs.PrintDefaults()
+		printDefaults(fs)
 	}
 	keep := fs.Bool("keep", false, "leave the network up at the end and print how to use and remove it")
 	clean := fs.Bool("clean", false, "remove lab networks left by earlier runs (--keep, or killed) and exit")

@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"log/syslog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -136,7 +137,15 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		return flag.ErrHelp
 	}
 	if err != nil {
-		return usagef("%s: %v (see '%s -h')", strings.TrimPrefix(fs.Name(), "ftpalg "), err, fs.Name())
+		hint := fmt.Sprintf("see '%s -h'", fs.Name())
+		if name, ok := strings.CutPrefix(err.Error(), "flag provided but not defined: -"); ok {
+			var names []string
+			fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+			if near := nearest(strings.TrimPrefix(name, "-"), names); near != "" {
+				hint = "did you mean --" + near + "?"
+			}
+		}
+		return usagef("%s: %v (%s)", strings.TrimPrefix(fs.Name(), "ftpalg "), err, hint)
 	}
 	return nil
 }
@@ -198,4 +207,20 @@ func parseLevel(s string) slog.Level {
 	var lv slog.Level
 	lv.UnmarshalText([]byte(s)) // validated
 	return lv
+}
+
+// listen is net.Listen with an error that does not repeat the address the
+// caller names: "address already in use", not "listen tcp ADDR: bind:
+// address already in use".
+func listen(network, addr string) (net.Listener, error) {
+	ln, err := net.Listen(network, addr)
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		var se *os.SyscallError
+		if errors.As(oe.Err, &se) {
+			return nil, se.Err
+		}
+		return nil, oe.Err
+	}
+	return ln, err
 }

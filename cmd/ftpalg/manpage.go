@@ -79,14 +79,8 @@ running configuration stays.`)
 			p(".TP")
 			v := o.bind(&def)
 			arg := ""
-			switch v.(type) {
-			case *boolVar:
-			case *Duration:
-				arg = ` \fIDURATION\fR`
-			case *intVar:
-				arg = ` \fIN\fR`
-			default:
-				arg = ` \fIVALUE\fR`
+			if m := metavar(o.name, v); m != "" {
+				arg = ` \fI` + roff(m) + `\fR`
 			}
 			p(`\fB\-\-%s\fR%s`, roff(o.name), arg)
 			text := roff(o.usage)

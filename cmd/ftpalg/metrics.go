@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"runtime"
 	"strings"
@@ -51,7 +50,7 @@ func newMetrics() *metrics {
 	m.pinholesOpened = prometheus.NewCounter(prometheus.CounterOpts{Name: "ftpalg_pinholes_opened_total",
 		Help: "Pinholes opened (attempts; a failed one is closed with reason \"failed\")."})
 	m.pinholesClosed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ftpalg_pinholes_closed_total",
-		Help: "Pinholes closed, by reason (used, ttl, replaced, failed, refused, session end)."}, []string{"reason"})
+		Help: "Pinholes closed, by reason (used, ttl, replaced, failed, refused, session_end, ...)."}, []string{"reason"})
 	m.backendOps = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ftpalg_backend_operation_duration_seconds",
 		Help:    "Time the pinhole backend took per operation, by operation and result.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}, []string{"op", "result"})
@@ -95,8 +94,12 @@ func (m *metrics) watchProxy(p *alg.Proxy, live func() int) {
 	)
 }
 
-func (m *metrics) pinholeOpened()              { m.pinholesOpened.Inc() }
-func (m *metrics) pinholeClosed(reason string) { m.pinholesClosed.WithLabelValues(reason).Inc() }
+func (m *metrics) pinholeOpened() { m.pinholesOpened.Inc() }
+func (m *metrics) pinholeClosed(reason string) {
+	// The log's "session end" is the label value session_end, as a
+	// refusal's "line too long" is line_too_long.
+	m.pinholesClosed.WithLabelValues(strings.ReplaceAll(reason, " ", "_")).Inc()
+}
 
 // transfer counts one ended data connection.
 func (m *metrics) transfer(f conntrack.FlowEnd, passive bool) {
@@ -241,7 +244,7 @@ func (d *daemon) serveMetrics(ctx context.Context) error {
 
 // serveHTTP serves h on a new listener until run returns.
 func (d *daemon) serveHTTP(ctx context.Context, network, addr string, h http.Handler, what string) error {
-	ln, err := net.Listen(network, addr)
+	ln, err := listen(network, addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s for %s: %w", addr, what, err)
 	}

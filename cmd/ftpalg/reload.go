@@ -17,10 +17,20 @@ func (d *daemon) handleSignals(cancel func()) (stop func()) {
 	done := make(chan struct{})
 	go func() {
 		stops := 0
+		// A SIGHUP during the start (the file may have changed after it
+		// was read) is applied once ftpalg serves, not dropped.
+		pending, started := false, d.serving
 		for {
 			select {
 			case <-done:
 				return
+			case <-started:
+				started = nil
+				if pending {
+					pending = false
+					d.log.Info("reloading: SIGHUP arrived during the start")
+					d.reload()
+				}
 			case s := <-ch:
 				serving := false
 				select {
@@ -31,8 +41,9 @@ func (d *daemon) handleSignals(cancel func()) (stop func()) {
 				if s == syscall.SIGHUP {
 					if serving {
 						d.reload()
-					} else {
-						d.log.Warn("reload ignored: ftpalg is still starting")
+					} else if stops == 0 {
+						pending = true
+						d.log.Info("reload deferred: ftpalg is still starting; it reloads once it serves")
 					}
 					continue
 				}

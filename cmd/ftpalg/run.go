@@ -26,75 +26,6 @@ func init() {
 	register("run", "run the ALG (gateway or reverse mode)", runCmd)
 }
 
-func runUsage(fs *flag.FlagSet) func() {
-	return func() {
-		w := fs.Output()
-		fmt.Fprint(w, `usage: ftpalg run [--config FILE] [--check-config] --mode gateway --intercept IFACE[,IFACE] [flags]
-       ftpalg run [--config FILE] [--check-config] --mode reverse --listen ADDR:PORT --upstream HOST:PORT [flags]
-
-Runs the ALG: a transparent proxy for the FTP control channel that opens
-exactly the announced data endpoint in the firewall for a short time. Every
-flag is also a key of the TOML file given with --config (the same name);
-flags override the file. SIGHUP re-reads the file: the reloadable settings
-apply to new sessions, running sessions keep theirs. Needs CAP_NET_ADMIN
-(root, or the systemd unit) except reverse mode with --backend relay.
-
-examples:
-  # a router intercepting the FTP traffic its LAN interface receives
-  ftpalg run --mode gateway --intercept eth1
-  # publishing the FTP server 192.0.2.2 on 203.0.113.1:21
-  ftpalg run --mode reverse --listen 203.0.113.1:21 --upstream 192.0.2.2:21
-
-`)
-		for _, g := range groups {
-			fmt.Fprintf(w, "%s:\n", g)
-			if g == "general" {
-				printFlag(w, fs.Lookup("config"))
-				printFlag(w, fs.Lookup("check-config"))
-			}
-			for _, o := range options {
-				if o.group == g {
-					printFlag(w, fs.Lookup(o.name))
-				}
-			}
-			fmt.Fprintln(w)
-		}
-	}
-}
-
-func printFlag(w io.Writer, f *flag.Flag) {
-	usage, name := f.Usage, ""
-	switch v := f.Value.(type) {
-	case *Duration:
-		name = "DURATION"
-	case *intVar:
-		name = "N"
-	case enumVar:
-		name = strings.Join(v.in, "|")
-	case *listVar, *stringVar:
-		name = "VALUE"
-		if f.Name == "listen" || f.Name == "metrics-listen" {
-			name = "ADDR:PORT"
-		} else if f.Name == "upstream" {
-			name = "HOST:PORT"
-		} else if f.Name == "intercept" {
-			name = "IFACE[,IFACE]"
-		}
-	}
-	if f.Name == "config" {
-		name = "FILE"
-	}
-	if name == "" {
-		fmt.Fprintf(w, "  --%s\n", f.Name)
-	} else {
-		fmt.Fprintf(w, "  --%s %s\n", f.Name, name)
-	}
-	if f.DefValue != "" && f.DefValue != "false" {
-		usage += fmt.Sprintf(" (default %s)", f.DefValue)
-	}
-	fmt.Fprintf(w, "        %s\n", usage)
-}
-
 func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ftpalg run", flag.ContinueOnError)
 	fs.SetOutput(stdout)
@@ -186,7 +117,7 @@ func (d *daemon) run(ctx context.Context) (err error) {
 		return err
 	}
 	for _, s := range c.Listen {
-		ln, err := net.Listen("tcp", s)
+		ln, err := listen("tcp", s)
 		if err != nil {
 			return fmt.Errorf("listening on %s: %w", s, err)
 		}

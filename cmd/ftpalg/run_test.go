@@ -1,8 +1,11 @@
 package main
 
 import (
+	"net"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/ftpalg/ftpalg/conntrack"
@@ -44,6 +47,40 @@ func TestTransferAttrs(t *testing.T) {
 		}
 		if got["bytes"] != strconv.FormatUint(tc.bytes, 10) {
 			t.Errorf("%s: bytes = %s, want %d", tc.name, got["bytes"], tc.bytes)
+		}
+	}
+}
+
+// TestListenInUse: a listener address already taken is one line naming the
+// address once, for the proxy, the implicit FTPS and the metrics listener.
+func TestListenInUse(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	addr := busy.Addr().String()
+	free := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	base := []string{"run", "--mode", "reverse", "--backend", "relay", "--upstream", "127.0.0.1:21",
+		"--status-socket", "off", "--log-level", "error"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--listen", addr}, "ftpalg: listening on " + addr + ": address already in use\n"},
+		{[]string{"--listen", free(), "--metrics-listen", addr}, "ftpalg: listening on " + addr + " for metrics: address already in use\n"},
+	} {
+		var out, errOut strings.Builder
+		code := mainErr(append(slices.Clone(base), tc.args...), &out, &errOut)
+		if code != 1 || errOut.String() != tc.want {
+			t.Errorf("ftpalg %q: exit %d, stderr %q; want exit 1, %q", tc.args, code, errOut.String(), tc.want)
 		}
 	}
 }

@@ -34,7 +34,11 @@ func init() {
 	register("status", "what a running ftpalg holds now: sessions, pinholes, counters", statusCmd)
 }
 
-// Status is the JSON answer of the status socket (schema "ftpalg-status/1").
+// Status is the JSON answer of the status socket and of `ftpalg status
+// --json` (schema "ftpalg-status/1", documented in the README's "Status").
+// Times are seconds; addresses are ADDR:PORT strings ([v6]:port); a new
+// field may be added under the same schema, a changed or removed one gets
+// a new schema name.
 type Status struct {
 	Schema   string             `json:"schema"`
 	PID      int                `json:"pid"`
@@ -206,11 +210,22 @@ func (d *daemon) listenStatus(ctx context.Context) error {
 		c.Close()
 		return fmt.Errorf("status socket %s: another ftpalg answers on it", path)
 	}
-	os.Remove(path)
+	// Only a socket is removed: a mistyped --status-socket naming a file
+	// (the configuration itself) must not delete it.
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return fmt.Errorf("status socket %s: exists and is not a socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("removing the stale status socket: %w", err)
+		}
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(d.status())
+		e := json.NewEncoder(w)
+		e.SetEscapeHTML(false) // direction="client->server", not \u003e
+		e.Encode(d.status())
 	})
 	old := syscallUmask(0o077)
 	err = d.serveHTTP(ctx, "unix", path, mux, "status")
@@ -238,7 +253,7 @@ daemon over its root-only status socket.
 
 flags:
 `)
-		fs.PrintDefaults()
+		printDefaults(fs)
 	}
 	asJSON := fs.Bool("json", false, "print the status as JSON (schema ftpalg-status/1)")
 	sock := fs.String("socket", "auto", "the daemon's status socket (auto: this network namespace's, in /run/ftpalg)")
@@ -263,6 +278,10 @@ flags:
 		if errors.Is(err, os.ErrPermission) {
 			return fmt.Errorf("reading the status socket %s: permission denied (it is root's)", path)
 		}
+		var se *os.SyscallError // not: Get "http://ftpalg/status": dial unix PATH: connect: ...
+		if errors.As(err, &se) {
+			err = se.Err
+		}
 		return fmt.Errorf("no ftpalg answers on %s (is it running in this network namespace?): %w", path, err)
 	}
 	defer resp.Body.Close()
@@ -273,6 +292,7 @@ flags:
 	if *asJSON {
 		e := json.NewEncoder(stdout)
 		e.SetIndent("", "  ")
+		e.SetEscapeHTML(false)
 		return e.Encode(st)
 	}
 	printStatus(stdout, st)

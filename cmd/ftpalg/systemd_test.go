@@ -42,6 +42,28 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
+	// With the sidecar's drop-in (verify reads ftpalg.service.d/ next to
+	// the unit): no unknown key, no bad value.
+	dropIn, err := os.ReadFile("../../contrib/sidecar/sidecar.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(path+".d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(path+".d", "sidecar.conf"), dropIn, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(sa, "verify", "--man=no", path).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Fatalf("systemd-analyze verify with the sidecar drop-in: %v\n%s", err, out)
+	}
+	for _, want := range []string{"\nCapabilityBoundingSet=\nCapabilityBoundingSet=CAP_NET_BIND_SERVICE\n",
+		"\nAmbientCapabilities=\nAmbientCapabilities=CAP_NET_BIND_SERVICE\n", "\nExecStopPost=\n"} {
+		if !strings.Contains(string(dropIn), want) {
+			t.Errorf("the sidecar drop-in lacks %q", want)
+		}
+	}
 	// The capabilities are exactly the two the unit documents.
 	for _, l := range strings.Split(string(unit), "\n") {
 		if k, v, ok := strings.Cut(l, "="); ok && (k == "CapabilityBoundingSet" || k == "AmbientCapabilities") {
@@ -49,6 +71,14 @@ func TestSystemdUnitVerifies(t *testing.T) {
 				t.Errorf("%s=%s: more than CAP_NET_ADMIN and CAP_NET_BIND_SERVICE", k, v)
 			}
 		}
+	}
+	// Under ProtectSystem=strict only the listed paths are writable, and a
+	// listed path that does not exist is not: the xtables lock that
+	// iptables-legacy opens with O_CREAT must exist before ExecStart, made
+	// outside the sandbox.
+	if !strings.Contains(string(unit), "\nReadWritePaths=/run/xtables.lock\n") ||
+		!strings.Contains(string(unit), "\nExecStartPre=+/usr/bin/touch /run/xtables.lock\n") {
+		t.Errorf("the unit does not make /run/xtables.lock exist and writable before the start")
 	}
 	for _, want := range []string{"Type=notify", "ExecReload=", "ExecStopPost=/usr/bin/ftpalg rules flush", "ProtectSystem=strict",
 		"NoNewPrivileges=yes", "PrivateTmp=yes", "AF_NETLINK", "WatchdogSec="} {

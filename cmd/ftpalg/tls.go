@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 
@@ -105,6 +104,25 @@ func (c *Config) validateTLS() error {
 	return nil
 }
 
+// checkTLSFiles loads the files --tls terminate names, so that
+// --check-config, the start (before anything is installed) and a reload
+// refuse a missing or unreadable certificate, key or CA bundle as a
+// configuration error naming its key.
+func (c *Config) checkTLSFiles() error {
+	if c.TLS != "terminate" {
+		return nil
+	}
+	if _, err := ftps.LoadCert(c.TLSCert, c.TLSKey); err != nil {
+		return bad("tls-cert", "%v", err)
+	}
+	if c.TLSUpstreamCA != "" {
+		if _, err := ftps.LoadRootCAs(c.TLSUpstreamCA); err != nil {
+			return bad("tls-upstream-ca", "%v", err)
+		}
+	}
+	return nil
+}
+
 // tlsPolicy sets the TLS part of p.
 func (c *Config) tlsPolicy(p *alg.Policy) {
 	switch {
@@ -176,7 +194,7 @@ func (d *daemon) setupTLS(b rules.Backend) error {
 // listenImplicit opens the implicit FTPS listeners.
 func (d *daemon) listenImplicit() error {
 	for _, s := range d.cfg.TLSImplicitListen {
-		ln, err := net.Listen("tcp", s)
+		ln, err := listen("tcp", s)
 		if err != nil {
 			return fmt.Errorf("listening for implicit FTPS on %s: %w", s, err)
 		}
