@@ -78,42 +78,48 @@ func TestNFTablesKill9Expiry(t *testing.T) {
 
 // TestNFTablesSecondConnectRefused: two connects back to back to a
 // passive pinhole; exactly one reaches the server, the other is dropped at
-// the gateway (a timeout, not a refusal by the server).
-//
-// The iptables backend does not pass this yet: its pinhole stays until
-// ftpalg sees the first connection in conntrack and removes the rules, and
-// a second connect in that time reaches the server.
+// the gateway (a timeout, not a refusal by the server). The kernel
+// enforces it before ftpalg sees the first connection in conntrack: the
+// first SYN consumes the set element (nftables) or the accept rule's
+// one-SYN quota (iptables).
 func TestNFTablesSecondConnectRefused(t *testing.T) {
-	inVariants(t, nftVariants, func(t *testing.T) {
-		topo, ctx := gatewayTopo(t)
-		srv := netlab.StartServer(t, topo.Server, netlab.Vsftpd, netlab.ServerOptions{})
-		a := startALG(t, topo.GW, gatewayArgs()...)
-		for _, f := range netlab.Families {
-			x := dialCtrl(t, topo.Client, srv.Addr(f))
-			x.login(srv.User, srv.Pass)
-			port := x.epsv()
-			to := hostPort(srv.NS.Addr(f), port)
-			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			first, err := topo.Client.DialContext(dctx, "tcp", to)
-			cancel()
-			if err != nil {
-				t.Fatalf("%s: first connect: %v", f, err)
-			}
-			dctx, cancel = context.WithTimeout(ctx, 2*time.Second)
-			second, err := topo.Client.DialContext(dctx, "tcp", to)
-			cancel()
-			switch {
-			case err == nil:
-				second.Close()
-				t.Errorf("%s: the second connect reached the server", f)
-			case !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, os.ErrDeadlineExceeded):
-				t.Errorf("%s: the second connect reached the server (refused by it: %v), want it dropped at the gateway", f, err)
-			}
-			first.Close()
-			x.cmd("QUIT")
+	inVariants(t, nftVariants, secondConnectRefused)
+}
+
+// TestGatewaySecondConnectRefused is the same under the iptables backend.
+func TestGatewaySecondConnectRefused(t *testing.T) {
+	inVariants(t, []variant{varIPTables}, secondConnectRefused)
+}
+
+func secondConnectRefused(t *testing.T) {
+	topo, ctx := gatewayTopo(t)
+	srv := netlab.StartServer(t, topo.Server, netlab.Vsftpd, netlab.ServerOptions{})
+	a := startALG(t, topo.GW, gatewayArgs()...)
+	for _, f := range netlab.Families {
+		x := dialCtrl(t, topo.Client, srv.Addr(f))
+		x.login(srv.User, srv.Pass)
+		port := x.epsv()
+		to := hostPort(srv.NS.Addr(f), port)
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		first, err := topo.Client.DialContext(dctx, "tcp", to)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: first connect: %v", f, err)
 		}
-		a.StopClean()
-	})
+		dctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+		second, err := topo.Client.DialContext(dctx, "tcp", to)
+		cancel()
+		switch {
+		case err == nil:
+			second.Close()
+			t.Errorf("%s: the second connect reached the server", f)
+		case !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, os.ErrDeadlineExceeded):
+			t.Errorf("%s: the second connect reached the server (refused by it: %v), want it dropped at the gateway", f, err)
+		}
+		first.Close()
+		x.cmd("QUIT")
+	}
+	a.StopClean()
 }
 
 // TestNFTablesRepair: a foreign "nft delete table inet ftpalg", or "nft

@@ -822,14 +822,26 @@ func TestNetnsIPTablesRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	at := netip.AddrPortFrom
-	pg := rules.Pinhole{ID: rules.PinholeID{Session: 102, N: 1}, Src: d.clientIP, Dst: at(d.serverIP, 40000), SNAT: d.gwOutside}
-	for _, p := range []rules.Pinhole{pg, passiveGateway6, reversePassive} {
+	// A pinhole admits one connection (its accept rule carries a one-SYN
+	// quota), so every check below uses a pinhole of its own: the first
+	// for the healthy firewall, one for Repair, one per Watch step.
+	var pgs []rules.Pinhole
+	var lns []net.Listener
+	for i := range 6 {
+		p := rules.Pinhole{ID: rules.PinholeID{Session: 102, N: uint32(i + 1)}, Src: d.clientIP, Dst: at(d.serverIP, uint16(40000+i)), SNAT: d.gwOutside}
+		pgs = append(pgs, p)
+		lns = append(lns, d.listen(d.server, p.Dst))
+	}
+	for _, p := range append(slices.Clone(pgs), passiveGateway6, reversePassive) {
 		if err := b.Open(ctx, p); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ln := d.listen(d.server, at(d.serverIP, 40000))
+	next := 0
+	pg, ln := pgs[next], lns[next]
 	d.expectPeer(d.client, netip.Addr{}, pg.Dst, ln, d.gwOutside)
+	// A used pinhole admits no second connection.
+	d.expectBlocked(d.client, netip.Addr{}, pg.Dst)
 	want, err := b.Rules(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -843,6 +855,8 @@ func TestNetnsIPTablesRepair(t *testing.T) {
 		if d := cmp.Diff(want, got); d != "" {
 			t.Errorf("%s: rules after repair (-want +got):\n%s", step, d)
 		}
+		next++
+		pg, ln = pgs[next], lns[next]
 		d.expectPeer(d.client, netip.Addr{}, pg.Dst, ln, d.gwOutside)
 	}
 
@@ -851,7 +865,7 @@ func TestNetnsIPTablesRepair(t *testing.T) {
 	if err := b.Verify(ctx); !errors.Is(err, ErrRulesChanged) {
 		t.Fatalf("Verify after a reload = %v, want %v", err, ErrRulesChanged)
 	}
-	d.expectBlocked(d.client, netip.Addr{}, pg.Dst)
+	d.expectBlocked(d.client, netip.Addr{}, pgs[next+1].Dst)
 	if repaired, err := b.Repair(ctx); err != nil || !repaired {
 		t.Fatalf("Repair = %v, %v; want true, nil", repaired, err)
 	}
@@ -906,7 +920,7 @@ func TestNetnsIPTablesRepair(t *testing.T) {
 	}
 	cancel()
 	<-watching
-	for _, p := range []rules.Pinhole{pg, passiveGateway6, reversePassive} {
+	for _, p := range append(pgs, passiveGateway6, reversePassive) {
 		if err := b.Close(ctx, p); err != nil {
 			t.Error(err)
 		}

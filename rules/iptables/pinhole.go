@@ -207,7 +207,7 @@ func pinholeRules(f *family, p rules.Pinhole, comment string) []rule {
 	accept := slices.Concat(
 		[]string{"-s", hostArg(p.Src), "-d", hostArg(tgt.Addr()), "-p", "tcp", "-m", "tcp", "--dport", portArg(tgt.Port()),
 			"--tcp-flags", "FIN,SYN,RST,ACK", "SYN", "-m", "conntrack", "--ctstate", "NEW"},
-		origDst, tail("ACCEPT"))
+		origDst, []string{"-m", "quota", "--quota", oneSYN(p)}, tail("ACCEPT"))
 	rules := []rule{
 		{fam: f, table: "filter", chain: chainForward, spec: accept},
 		{fam: f, table: "filter", chain: chainInput, spec: accept},
@@ -231,4 +231,20 @@ func pinholeRules(f *family, p rules.Pinhole, comment string) []rule {
 			rule{fam: f, table: "nat", chain: chainInput, spec: snat})
 	}
 	return rules
+}
+
+// oneSYN is the byte quota that makes a pinhole's accept rule single use in
+// the kernel: xt_quota matches a packet while the quota left covers its
+// length, so a quota of one SYN admits the first SYN (any options) and no
+// second one, however soon it follows and before ftpalg has seen the first
+// in conntrack. A SYN is at least 40 bytes over IPv4 (20 IP + 20 TCP) and 60
+// over IPv6; the quota is twice that less one, so after any first SYN the
+// rest is below the smallest second one, and a first SYN with up to 39
+// (IPv4) or 59 (IPv6) bytes of TCP options still fits. The rule's FORWARD
+// and INPUT copies count apart, but a packet only crosses one of them.
+func oneSYN(p rules.Pinhole) string {
+	if p.Is6() {
+		return "119"
+	}
+	return "79"
 }
