@@ -13,6 +13,13 @@ package alg
 // of protected data connections carry the data TLS (rules.Pinhole.TLS):
 // the relay terminates the client's data TLS, which must resume this
 // control session, and speaks plain or TLS to the server.
+//
+// Refused here: CCC (534: the control channel never goes back to the
+// clear, so the pinholes stay decided on what ftpalg can read), REIN (502:
+// RFC 2228 has it reset the security state, which ftpalg cannot do for the
+// server's side), and AUTH TLS after a USER sent in the clear (503: RFC
+// 2228 has an accepted AUTH require a new login, which the server, never
+// seeing the AUTH, would not).
 
 import (
 	"bytes"
@@ -28,6 +35,7 @@ type termState struct {
 	secure   bool // the client's control connection is TLS
 	starting bool // the 234 went out, the handshake is under way
 	pbsz     bool // PBSZ after TLS
+	user     bool // a USER went to the server in the clear
 	protP    bool // PROT P: the client's data connections are TLS
 	upTLS    bool // the server leg of data connections is TLS
 	data     func(clientTLS bool) rules.DataTLS
@@ -84,6 +92,12 @@ func (m *Machine) tlsCommand(cmd ftp.Command) (acts []Action, handled bool) {
 		case len(m.fifo) > 0:
 			return m.refuse(nil, "AUTH", "AUTH", refusal("503", "AUTH TLS must wait for the replies to the commands before it",
 				"AUTH TLS pipelined behind unanswered commands")), true
+		case t.user:
+			// RFC 2228: an accepted AUTH requires the user to log in
+			// again; the server, which never sees this AUTH, would keep
+			// the USER (or login) it got in the clear.
+			return m.refuse(nil, "AUTH", "AUTH", refusal("503", "AUTH TLS must come before USER; reconnect and start with AUTH TLS",
+				"AUTH TLS after a USER sent in the clear")), true
 		}
 		t.starting = true
 		return []Action{
@@ -120,6 +134,17 @@ func (m *Machine) tlsCommand(cmd ftp.Command) (acts []Action, handled bool) {
 			return m.refuse(nil, "USER", "USER", refusal("530", "TLS required; use AUTH TLS first",
 				"login before AUTH TLS while the policy requires TLS")), true
 		}
+		if !t.secure {
+			t.user = true
+		}
+	case "REIN":
+		// REIN must also reset the security state (RFC 2228), which
+		// ftpalg cannot do for the server's side: the upstream TLS and
+		// its PBSZ/PROT were set up once, before the session began, and
+		// a plain server would take the client's protection for granted.
+		// REIN is optional (RFC 959: 502).
+		return m.refuse(nil, "REIN", "REIN", refusal("502", "REIN not implemented under TLS termination; reconnect instead",
+			"REIN under TLS termination")), true
 	case "PASV", "EPSV", "PORT", "EPRT":
 		if !t.protP && m.pol.RequireProtP {
 			return m.refuse(nil, cmd.Verb, cmd.Verb, refusal("521", "data connections must be protected; use PROT P first",

@@ -269,6 +269,9 @@ func (s *Session) step(event func(m *Machine) []Action) []Action {
 		case a.Kind == ActError:
 			s.log.Error("refusing an announcement", "err", a.Err)
 			continue
+		case a.Kind == ActStartTLS:
+			// The 234 is queued: what comes after it waits for TLS.
+			s.w.hold()
 		}
 		rest = append(rest, a)
 	}

@@ -98,6 +98,8 @@ func (s *Session) initTLS() error {
 // session reads and writes inside TLS from then on. buffered is what the
 // client sent after AUTH: nothing may come before the 234.
 func (s *Session) startTLS(ctx context.Context, buffered int) error {
+	// step held the writes queued after the 234 (see clientWriter.hold).
+	defer s.w.release()
 	if err := s.w.flush(); err != nil {
 		return fmt.Errorf("writing to client: %w", err)
 	}

@@ -245,3 +245,86 @@ func TestTLSHandshakeFails(t *testing.T) {
 // tlsWait bounds each step of the TLS tests: generous, for a handshake
 // under the race detector on a busy machine.
 const tlsWait = 15 * time.Second
+
+// TestTLSAuthAfterUser: RFC 2228 has an accepted AUTH require a new login;
+// the server never sees ftpalg's AUTH and would keep the USER it got in
+// the clear, so AUTH TLS after USER is refused (one reply, one log line)
+// and the session goes on in the clear.
+func TestTLSAuthAfterUser(t *testing.T) {
+	h := startTLS(t, nil)
+	h.c("USER anonymous")
+	h.toServer("USER anonymous\r\n")
+	h.s("331 password\r\n")
+	h.expect("331 ")
+	h.c("AUTH TLS")
+	h.expect("503 ")
+	h.c("NOOP")
+	h.toServer("NOOP\r\n") // the AUTH did not go upstream
+	h.s("200 ok\r\n")
+	h.expect("200 ok")
+	if n := len(h.logs.refusals(t)); n != 1 {
+		t.Fatalf("%d refusal log lines, want 1", n)
+	}
+}
+
+// TestTLSRein: REIN would reset a security state ftpalg cannot reset on
+// the server's side; under TLS termination it is refused with 502 (REIN
+// is optional in RFC 959) and never reaches the server.
+func TestTLSRein(t *testing.T) {
+	h := startTLS(t, nil)
+	h.auth()
+	h.c("PBSZ 0")
+	h.expect("200 ")
+	h.c("PROT P")
+	h.expect("200 ")
+	h.c("REIN")
+	h.expect("502 ")
+	h.c("NOOP")
+	h.toServer("NOOP\r\n")
+	if n := len(h.logs.refusals(t)); n != 1 {
+		t.Fatalf("%d refusal log lines, want 1", n)
+	}
+}
+
+// TestTLSPipelinedAfterAuth: commands the client sends behind AUTH TLS,
+// before the 234 (STARTTLS command injection), are never read as if they
+// had come inside TLS: the session ends, nothing reaches the server, and
+// one log line says why.
+func TestTLSPipelinedAfterAuth(t *testing.T) {
+	h := startTLS(t, nil)
+	h.c("AUTH TLS\r\nUSER injected")
+	h.expect("234 ")
+	h.raw.SetReadDeadline(time.Now().Add(tlsWait))
+	var err error
+	for err == nil {
+		_, err = h.rd.ReadByte()
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the session did not end after commands pipelined behind AUTH TLS")
+	}
+	if n := len(h.logs.refusals(t)); n != 1 {
+		t.Fatalf("%d refusal log lines, want 1", n)
+	}
+	if r := h.atServer.rest(); r != "" {
+		t.Fatalf("server received %q", r)
+	}
+}
+
+// TestTLSServerLineDuringHandshake: a reply the server sends while the
+// client's handshake is under way (after the 234) waits for TLS: written
+// in the clear, it would break the handshake (and would reach the client
+// outside the protection it asked for).
+func TestTLSServerLineDuringHandshake(t *testing.T) {
+	h := startTLS(t, nil)
+	h.c("AUTH TLS")
+	h.expect("234 ")
+	h.s("421 server going down\r\n")
+	time.Sleep(200 * time.Millisecond) // the session has it: it must not write it yet
+	tc := tls.Client(h.raw, &tls.Config{ServerName: "ftpalg.example", RootCAs: h.pool})
+	tc.SetDeadline(time.Now().Add(tlsWait))
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	h.conn, h.rd = tc, bufio.NewReader(tc)
+	h.expect("421 server going down")
+}

@@ -20,6 +20,8 @@ type clientWriter struct {
 	cond   *sync.Cond
 	queue  [][]byte
 	spare  [][]byte // a written queue, emptied, for the next push
+	held   bool     // see hold: push queues in later
+	later  [][]byte // pushed while held
 	queued int      // bytes in queue
 	busy   bool     // a goroutine is writing
 	err    error
@@ -38,7 +40,10 @@ func newClientWriter(c net.Conn) *clientWriter {
 // push queues b. It does not block.
 func (w *clientWriter) push(b []byte) {
 	w.mu.Lock()
-	if w.err == nil {
+	if w.err == nil && w.held {
+		w.later = append(w.later, b)
+		w.queued += len(b)
+	} else if w.err == nil {
 		if w.queue == nil {
 			w.queue, w.spare = w.spare, nil
 		}
@@ -75,17 +80,40 @@ func (w *clientWriter) drain() {
 		for _, b := range w.queue {
 			w.queued += len(b)
 		}
+		for _, b := range w.later {
+			w.queued += len(b)
+		}
 		if err != nil && w.err == nil {
 			// The client is gone or stuck: the session ends (its reader
 			// fails on the closed conn).
 			w.err = err
-			w.queue, w.queued = nil, 0
+			w.queue, w.later, w.queued = nil, nil, 0
 			w.c.Close()
 		}
 		w.cond.Broadcast()
 	}
 	w.busy = false
 	w.cond.Broadcast()
+}
+
+// hold keeps what is pushed from now on until release; what was pushed
+// before still goes out. The Session holds the client's writes from the
+// 234 to AUTH TLS until the handshake is over: a line written in between
+// would land in the middle of the handshake, in the clear.
+func (w *clientWriter) hold() {
+	w.mu.Lock()
+	w.held = true
+	w.mu.Unlock()
+}
+
+// release ends hold and writes what it kept.
+func (w *clientWriter) release() {
+	w.mu.Lock()
+	w.held = false
+	w.queue = append(w.queue, w.later...)
+	w.later = nil
+	w.mu.Unlock()
+	w.drain()
 }
 
 // waitRoom waits while a slow client has more than maxQueued bytes queued.
