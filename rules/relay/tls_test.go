@@ -105,6 +105,13 @@ func clientDial(cfg *tls.Config) func(context.Context, net.Conn) (net.Conn, erro
 func newTLSFixture(t *testing.T, maxVersion uint16, upstreamTLS bool) *tlsFixture {
 	t.Helper()
 	cert, pool := writeCert(t)
+	return newTLSFixtureCert(t, cert, pool, maxVersion, upstreamTLS)
+}
+
+// newTLSFixtureCert is newTLSFixture with a given certificate: two
+// fixtures with one certificate are two control sessions of one ftpalg.
+func newTLSFixtureCert(t *testing.T, cert *ftps.Cert, pool *x509.CertPool, maxVersion uint16, upstreamTLS bool) *tlsFixture {
+	t.Helper()
 	f := &tlsFixture{pool: pool}
 	mode := ftps.UpstreamPlain
 	if upstreamTLS {
@@ -249,12 +256,60 @@ func TestRelayTLSActiveUpload(t *testing.T) {
 // complete), and Connected reports ftps.ErrNotResumed for the session to
 // answer on the control channel.
 func TestRelayTLSNotResumed(t *testing.T) {
-	f := newTLSFixture(t, 0, false)
-	other := newTLSFixture(t, 0, false) // another control session, same certificate
-	for name, cfg := range map[string]*tls.Config{
-		"fresh":         {RootCAs: f.pool, ServerName: "127.0.0.1"},
-		"other session": other.clientCfg,
-	} {
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		cert, pool := writeCert(t)
+		f := newTLSFixtureCert(t, cert, pool, v, false)
+		other := newTLSFixtureCert(t, cert, pool, v, false) // another control session of the same ftpalg
+		// The other session's client holds a ticket it can resume with
+		// (at its own session): what the relay refuses below is a real
+		// resumption attempt.
+		if !resumes(t, other.alg, other.clientCfg) {
+			t.Fatalf("%s: the other session's client does not resume its own session", tls.VersionName(v))
+		}
+		for name, cfg := range map[string]*tls.Config{
+			"fresh":         {RootCAs: f.pool, ServerName: "127.0.0.1", MaxVersion: v},
+			"other session": other.clientCfg,
+		} {
+			testNotResumed(t, tls.VersionName(v)+"/"+name, f, cfg)
+		}
+	}
+}
+
+// resumes reports whether a data handshake by a client with cfg resumes
+// the control session of s.
+func resumes(t *testing.T, s *ftps.Session, cfg *tls.Config) bool {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		c, err := s.ClientLeg(ctx, b)
+		if err == nil {
+			_, err = c.Write([]byte("x")) // a TLS 1.3 ticket goes with it
+		}
+		errc <- err
+	}()
+	c := tls.Client(a, cfg)
+	if err := c.HandshakeContext(ctx); err != nil {
+		t.Logf("handshake: %v", err)
+		return false
+	}
+	if _, err := c.Read(make([]byte, 1)); err != nil {
+		t.Logf("read: %v", err)
+		return false
+	}
+	if err := <-errc; err != nil {
+		t.Logf("data leg: %v", err)
+		return false
+	}
+	return c.ConnectionState().DidResume
+}
+
+func testNotResumed(t *testing.T, name string, f *tlsFixture, cfg *tls.Config) {
+	{
 		t.Run(name, func(t *testing.T) {
 			r, _ := newTestRelay(t, Config{})
 			srv := newTestServer(t, "127.0.0.1")
@@ -267,11 +322,13 @@ func TestRelayTLSNotResumed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			raw.SetDeadline(time.Now().Add(10 * time.Second))
 			c := tls.Client(raw, cfg)
 			if err := c.Handshake(); err == nil {
 				// TLS 1.3: the client finishes first; the refusal
-				// arrives as an alert on the first read.
-				if _, err := c.Read(make([]byte, 1)); err == nil {
+				// arrives as an alert on the first read (a relayed
+				// connection waits for the server's data instead).
+				if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 					t.Fatal("a data connection that did not resume was relayed")
 				}
 			}
