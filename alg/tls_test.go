@@ -328,3 +328,30 @@ func TestTLSServerLineDuringHandshake(t *testing.T) {
 	h.conn, h.rd = tc, bufio.NewReader(tc)
 	h.expect("421 server going down")
 }
+
+// TestTLSHandshakeTimeout: a client that never starts its handshake after
+// the 234 does not hold the session: it ends within the handshake's bound
+// (OpenTimeout), with one log line, and nothing reaches the server.
+func TestTLSHandshakeTimeout(t *testing.T) {
+	h := startTLS(t, func(p *alg.Policy) { p.OpenTimeout = 300 * time.Millisecond })
+	h.c("AUTH TLS")
+	h.expect("234 ")
+	h.raw.SetReadDeadline(time.Now().Add(tlsWait))
+	var err error
+	for err == nil {
+		_, err = h.rd.ReadByte()
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the session did not end while the client never started its handshake")
+	}
+	// The handshake's deadline closes the conn, then the line is logged.
+	for end := time.Now().Add(tlsWait); len(h.logs.refusals(t)) == 0 && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := len(h.logs.refusals(t)); n != 1 {
+		t.Fatalf("%d refusal log lines, want 1", n)
+	}
+	if r := h.atServer.rest(); r != "" {
+		t.Fatalf("server received %q", r)
+	}
+}
