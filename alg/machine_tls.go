@@ -123,9 +123,13 @@ func (m *Machine) tlsCommand(cmd ftp.Command) (acts []Action, handled bool) {
 		case arg == "C":
 			t.protP = false
 			return m.answer(nil, "200 Data protection level set to Clear"), true
+		case arg == "S" || arg == "E":
+			return m.refuse(nil, "PROT", "PROT", refusal("536", "protection level "+arg+" not supported by TLS; use PROT P or PROT C",
+				"PROT "+arg+" is not supported")), true
 		}
-		return m.refuse(nil, "PROT", "PROT", refusal("536", "protection level "+arg+" not supported; use PROT P or PROT C",
-			"PROT "+arg+" is not supported")), true
+		// RFC 2228: 504 for an argument that is no protection level.
+		return m.refuse(nil, "PROT", "PROT", refusal("504", "PROT takes C, S, E or P; use PROT P or PROT C",
+			"PROT with an unknown level")), true
 	case "CCC":
 		return m.refuse(nil, "CCC", "CCC", refusal("534", "CCC refused by policy",
 			"CCC would make the control channel cleartext again")), true

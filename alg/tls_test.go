@@ -355,3 +355,19 @@ func TestTLSHandshakeTimeout(t *testing.T) {
 		t.Fatalf("server received %q", r)
 	}
 }
+
+// TestTLSProtLevels: PROT S and E name levels TLS does not provide (536);
+// any other argument is no protection level at all (504, RFC 2228).
+func TestTLSProtLevels(t *testing.T) {
+	h := startTLS(t, nil)
+	h.auth()
+	h.c("PBSZ 0")
+	h.expect("200 ")
+	h.c("PROT S")
+	h.expect("536 ")
+	h.c("PROT X")
+	h.expect("504 ")
+	if n := len(h.logs.refusals(t)); n != 2 {
+		t.Fatalf("%d refusal log lines, want 2", n)
+	}
+}
