@@ -143,6 +143,8 @@ func (m *Machine) ServerReply(now time.Time, r ftp.Reply) []Action {
 		acts = m.closeCurrent(acts, "failed")
 	case verb == "REIN" && r.Code == 220:
 		acts = m.closeCurrent(acts, "reinitialised")
+		// Logged out: the login timeout counts again, from now.
+		m.loggedIn, m.start = false, now
 	case verb == "FEAT" && r.Code == 211 && m.tls == TLSTerminate:
 		out = tlsFEAT(r)
 	case verb == "FEAT" && r.Code == 211 && m.tls == TLSRefuse:

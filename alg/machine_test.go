@@ -262,6 +262,16 @@ var machineTests = []struct {
 		{"+1s", []string{"end login timeout: 421 ftpalg: not logged in after 1m0s; closing the connection"}},
 		{"C NOOP", nil},
 	}},
+	{name: "REIN logs out: the login timeout counts again", steps: []machineStep{
+		{"S 220 hi", []string{"client< 220 hi"}},
+		{"C USER a", []string{"server< USER a"}},
+		{"S 230 in", []string{"client< 230 in"}},
+		{"+5m", nil},
+		{"C REIN", []string{"server< REIN"}},
+		{"S 220 again", []string{"client< 220 again"}},
+		{"+59s", nil},
+		{"+1s", []string{"end login timeout: 421 ftpalg: not logged in after 1m0s; closing the connection"}},
+	}},
 	{name: "idle timeout spares a transfer", steps: []machineStep{
 		{"S 230 in", []string{"client< 230 in"}},
 		{"C RETR big", []string{"server< RETR big"}},
