@@ -75,8 +75,15 @@ type ALG struct {
 // it is serving.
 func startALG(t testing.TB, ns *netlab.NS, args ...string) *ALG {
 	t.Helper()
+	return startALGAt(t, ns, "debug", args...)
+}
+
+// startALGAt is startALG at another log level: benchmarks run ftpalg as an
+// operator would (info), since debug lines cost more than the work.
+func startALGAt(t testing.TB, ns *netlab.NS, level string, args ...string) *ALG {
+	t.Helper()
 	args = append([]string{"run"}, withBackend(t, args)...)
-	args = append(args, "--log-format", "json", "--log-level", "debug")
+	args = append(args, "--log-format", "json", "--log-level", level)
 	a := &ALG{t: t, Proc: ns.Start(t, ftpalgBin(t), args...), NS: ns}
 	waitReady(t, a)
 	return a

@@ -640,7 +640,7 @@ func benchSessions(b *testing.B, peer loadPeer) {
 		b.Fatal(err)
 	}
 	viaALG := newLoadEnv(b, ctx, peer, 4, 0)
-	a := startALG(b, viaALG.topo.GW, loadALGArgs()...)
+	a := startALGAt(b, viaALG.topo.GW, "info", loadALGArgs()...)
 
 	b.ResetTimer()
 	kd, kerrs := kernel.runWorkers(ctx, kernel.plan(b.N, false), benchWorkers)
