@@ -94,6 +94,9 @@ var _ rules.Backend = (*Backend)(nil)
 // and checks that the kernel has nf_tables. It changes nothing; call Setup
 // before Open.
 func New(cfg Config) (*Backend, error) {
+	if err := checkKernel(); err != nil {
+		return nil, fmt.Errorf("nftables backend: %w", err)
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.Default()
@@ -125,19 +128,6 @@ func New(cfg Config) (*Backend, error) {
 		ec:   &elementConn{netns: int(ns)},
 		open: map[string]*live{}, busy: map[string]bool{},
 	}, nil
-}
-
-// Probe reports whether nftables is usable here: the kernel answers a
-// listing of the nf_tables ruleset over netlink. It changes nothing.
-func Probe() error {
-	conn, err := nft.New()
-	if err != nil {
-		return fmt.Errorf("opening nftables netlink: %w", err)
-	}
-	if _, err := conn.ListTables(); err != nil {
-		return fmt.Errorf("listing nftables tables: %w", err)
-	}
-	return nil
 }
 
 // Release releases the netlink sockets; call it after Teardown.
