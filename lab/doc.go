@@ -16,14 +16,22 @@
 //     IPv6 work, each through one pinhole that the firewall shows while it is
 //     open and that closes at first use; ftpalg's rules go when it stops;
 //  3. with the cables swapped (server inside, client outside), ftpalg in
-//     reverse mode publishes the server, rewriting its private address.
+//     reverse mode publishes the server, rewriting its private address;
+//  4. FTPS: without ftpalg (cables, port-21 rule as in 1, the server
+//     speaking explicit FTPS itself) a passive transfer times out, as no
+//     firewall or kernel helper can read the encrypted PASV reply; with
+//     ftpalg terminating TLS in reverse mode (the server plain again),
+//     passive and active transfers work through a pinhole and the relay, and
+//     a data connection that does not resume the control session's TLS
+//     session is refused.
 //
 // ftpalg itself runs as a child process in the gateway's namespace (the
 // binary given in Config.Ftpalg, `ftpalg run ... --log-format json`); the
 // story is told from its JSON log lines ("pinhole open", "pinhole closed",
-// "transfer", "refused"). The FTP server (Server) and client (Client) are
-// built in, on top of package alg/ftp's codec: their sockets are created in
-// the server's and the client's namespaces. The network itself is made
+// "transfer", "refused"). The FTP server (Server, which speaks explicit
+// FTPS when Server.TLS is set) and client (Client) are built in, on top of
+// package alg/ftp's codec: their sockets are created in the server's and
+// the client's namespaces. The network itself is made
 // over netlink by package lab/netlab, which the end-to-end tests share. No
 // FTP software is needed, only iptables and iproute2, whose `ip netns exec`
 // runs ftpalg and iptables in the gateway (install.sh installs them).

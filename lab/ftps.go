@@ -1,7 +1,8 @@
 package lab
 
 // Act 4 of the story: FTPS. The control channel is encrypted, so no
-// firewall (and no kernel ALG) can read the announcements; ftpalg holds
+// firewall (and no kernel ALG) can read the announcements (the first step,
+// ftps_blocked.go, shows it); ftpalg holds
 // the certificate, reads the control channel inside the TLS it terminates,
 // opens one pinhole per transfer as before, and relays the data, whose TLS
 // it terminates too.
@@ -23,7 +24,7 @@ import (
 )
 
 // ftpsSteps is the number of steps of act 4.
-const ftpsSteps = 4
+const ftpsSteps = 5
 
 // ftpsAct tells act 4. revArgs are ftpalg's arguments in reverse mode.
 func (r *runner) ftpsAct(ctx context.Context, revArgs []string) {
@@ -31,10 +32,16 @@ func (r *runner) ftpsAct(ctx context.Context, revArgs []string) {
 	n.Act("Act 4: FTPS, ftpalg holds the TLS")
 	n.Para(
 		"The client now insists on FTPS (AUTH TLS, then PROT P): the control channel and the data",
-		"are encrypted. A firewall cannot read an encrypted PASV, so operators open a wide port range",
-		"for FTPS. ftpalg can do better, because it is a proxy: it presents its own certificate",
-		"(generated for the gateway's public addresses just now), reads the control channel inside",
-		"the TLS it terminates, and still opens exactly one endpoint per transfer. The data comes",
+		"are encrypted. A firewall cannot read an encrypted PASV.",
+	)
+	if !r.ftpsBlocked(ctx) {
+		return
+	}
+	n.Para(
+		"So operators open a wide port range for FTPS. ftpalg can do better, because it is a proxy.",
+		"The cables are as in act 3 again, the server inside speaks plain FTP again. ftpalg presents its own",
+		"certificate (generated for the gateway's public addresses just now), reads the control channel",
+		"inside the TLS it terminates, and still opens exactly one endpoint per transfer. The data comes",
 		"through ftpalg (the kernel cannot forward what must be decrypted): TLS toward the client,",
 		"plain toward this server, which knows nothing of TLS (TLS offload).",
 	)

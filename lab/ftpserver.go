@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -47,6 +48,9 @@ type Server struct {
 	// Log receives one line per session and per refusal. If nil, nothing is
 	// logged.
 	Log *slog.Logger
+	// TLS, if set, makes the server speak explicit FTPS (RFC 4217: AUTH
+	// TLS, PBSZ, PROT; ftpserver_tls.go). If nil, it knows nothing of TLS.
+	TLS *tls.Config
 }
 
 // Note is one data-channel line as the server saw it.
@@ -114,8 +118,10 @@ type serverSession struct {
 	c      net.Conn
 	peer   netip.AddrPort
 	local  netip.AddrPort
+	lr     *ftp.LineReader
 	user   string
 	authed bool
+	prot   bool           // PROT P: data connections are TLS
 	pasv   net.Listener   // pending passive listener
 	active netip.AddrPort // pending active endpoint
 }
@@ -131,9 +137,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	if err := ss.reply(220, "ftpalg lab FTP server ready."); err != nil {
 		return
 	}
-	lr := ftp.NewLineReader(c, ftp.DefaultMaxLine)
+	ss.lr = ftp.NewLineReader(c, ftp.DefaultMaxLine)
 	for {
-		line, err := lr.ReadLine()
+		line, err := ss.lr.ReadLine()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && ctx.Err() == nil {
 				log.Debug("ftp session end", "err", err)
@@ -199,6 +205,9 @@ func (ss *serverSession) resetData() {
 // handle runs one command. It reports whether the session is over; an
 // error means the control connection failed.
 func (ss *serverSession) handle(ctx context.Context, cmd ftp.Command) (quit bool, err error) {
+	if done, err := ss.handleTLS(ctx, cmd); done {
+		return false, err
+	}
 	switch cmd.Verb {
 	case "QUIT":
 		return true, ss.reply(221, "Goodbye.")
@@ -322,6 +331,7 @@ func (ss *serverSession) dataConn(ctx context.Context) (net.Conn, string) {
 	switch {
 	case ss.pasv != nil:
 		ln := ss.pasv
+		defer context.AfterFunc(ctx, func() { ln.Close() })()
 		if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
 			d.SetDeadline(time.Now().Add(timeout))
 		}
@@ -366,6 +376,11 @@ func (ss *serverSession) retr(ctx context.Context, name string) error {
 	defer dc.Close()
 	if err := ss.reply(150, fmt.Sprintf("Opening BINARY mode data connection for %s (%d bytes).", path.Base(name), len(data))); err != nil {
 		return err
+	}
+	if ss.prot { // the handshake follows the 150, as the client expects
+		if dc, why = ss.protect(ctx, dc); dc == nil {
+			return ss.reply(425, why)
+		}
 	}
 	dc.SetWriteDeadline(time.Now().Add(30 * time.Second))
 	if _, err := dc.Write(data); err != nil {

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -211,7 +212,7 @@ func (r *runner) setup(ctx context.Context) error {
 
 	r.file = labData(r.cfg.FileSize)
 	r.hash = sha256.Sum256(r.file)
-	if err := r.startServer(ctx); err != nil {
+	if err := r.startServer(nil); err != nil {
 		return err
 	}
 	if err := r.dialConntrack(); err != nil {
@@ -261,8 +262,9 @@ func labData(size int) []byte {
 }
 
 // startServer starts the FTP server on port 21 of every address of the
-// server's namespace (the listener stays valid when the cables move).
-func (r *runner) startServer(ctx context.Context) error {
+// server's namespace (the listener stays valid when the cables move). With
+// cfg it speaks FTPS (act 4, without ftpalg), else plain FTP.
+func (r *runner) startServer(cfg *tls.Config) error {
 	srvNS := r.t.server
 	ln, err := srvNS.Listen("tcp", "[::]:21")
 	if err != nil {
@@ -280,6 +282,7 @@ func (r *runner) startServer(ctx context.Context) error {
 			r.mu.Unlock()
 		},
 		Log: r.log.With("component", "ftp server"),
+		TLS: cfg,
 	}
 	r.srvStop = srv.Start(ln)
 	return nil

@@ -29,7 +29,7 @@ func TestRunFailsAndCleansUp(t *testing.T) {
 	if len(res.Steps) != 3 || !res.Steps[0].Passed || !res.Steps[1].Passed || res.Steps[2].Passed {
 		t.Errorf("steps %+v: want the two steps without ftpalg passed, then starting ftpalg failed", res.Steps)
 	}
-	for _, want := range []string{"FAIL", "did not start", "the lab stopped after step 3 of 15", "Removed the lab network"} {
+	for _, want := range []string{"FAIL", "did not start", "the lab stopped after step 3 of 16", "Removed the lab network"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the story lacks %q:\n%s", want, out.String())
 		}

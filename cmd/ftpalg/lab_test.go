@@ -191,7 +191,7 @@ func runLab(t *testing.T, args ...string) string {
 		t.Fatalf("ftpalg lab exited %d\nstderr:\n%s\nstdout:\n%s", code, r.stderr.String(), out)
 	}
 	t.Logf("the lab took %v", time.Since(start).Round(100*time.Millisecond))
-	if !strings.Contains(out, "All 15 steps did what they said") || strings.Contains(out, "FAIL") {
+	if !strings.Contains(out, "All 16 steps did what they said") || strings.Contains(out, "FAIL") {
 		t.Errorf("the story does not end with every step passed:\n%s", out)
 	}
 	if strings.Contains(out, "\x1b") {
@@ -209,7 +209,9 @@ func runLab(t *testing.T, args ...string) string {
 func TestLabEndToEnd(t *testing.T) {
 	out := runLab(t)
 	for _, want := range []string{
-		"-- Step 1/15: without ftpalg, passive (PASV), IPv4",
+		"-- Step 1/16: without ftpalg, passive (PASV), IPv4",
+		"-- Step 12/16: FTPS, without ftpalg, passive (PASV), IPv4",
+		"nothing could read the encrypted announcement", // FTPS without ftpalg: the PASV reply is ciphertext
 		"the firewall dropped it",
 		"500 Illegal PORT command.",
 		"PASV announces 192.0.2.2:",                           // reverse: the private address...
@@ -289,16 +291,16 @@ func TestLabCapture(t *testing.T) {
 	// Nothing is lost: the seven downloads that work (steps 3-6 and 8-10)
 	// each end with a 226 that crosses the gateway, so the file holds it
 	// twice, as it arrives and as it leaves. The two FTPS downloads (steps
-	// 12-13) add one each: in clear only between ftpalg and the plain
+	// 13-14) add one each: in clear only between ftpalg and the plain
 	// server (TLS offload), inside TLS outside.
 	if !strings.Contains(out, "(the kernel dropped none)") {
 		t.Errorf("the story does not say that the kernel dropped no packet:\n%s", out)
 	}
-	// The refused FTPS download of step 14 may add one more: the server
+	// The refused FTPS download of step 15 may add one more: the server
 	// may have written the whole file into the connection before the
 	// relay's reset reached it (ftpalg answers 425 either way).
 	if transfersDone != 2*7+2 && transfersDone != 2*7+3 {
-		t.Errorf("the capture holds %d 226 replies, want 16 or 17 (7 downloads, each seen on both interfaces, 2 FTPS downloads seen inside, maybe step 14's)", transfersDone)
+		t.Errorf("the capture holds %d 226 replies, want 16 or 17 (7 downloads, each seen on both interfaces, 2 FTPS downloads seen inside, maybe step 15's)", transfersDone)
 	}
 
 	// ftpalg inspect finds the lab's announcements in the lab's capture,
@@ -344,8 +346,10 @@ func TestLabCapture(t *testing.T) {
 	if bounces == 0 {
 		t.Error("inspect did not see step 1's PORT broken by NAT")
 	}
-	if auths != 3 {
-		t.Errorf("inspect saw %d AUTH refusals, want 3 (act 4's FTPS sessions, outside the gateway)", auths)
+	// Act 4's FTPS sessions: the three through ftpalg, seen outside the
+	// gateway, and step 12's without ftpalg, seen on both sides of it.
+	if auths != 3+2 {
+		t.Errorf("inspect saw %d AUTH refusals, want 5 (act 4's FTPS sessions: 3 outside the gateway, step 12's on both sides)", auths)
 	}
 	for _, k := range []string{"PASV", "EPSV", "PORT", "EPRT"} {
 		if kinds[k] == 0 {
@@ -399,7 +403,7 @@ func TestLabInterrupted(t *testing.T) {
 	r := startLab(t)
 	// Interrupt in the middle of act 2, while ftpalg runs.
 	deadline := time.Now().Add(time.Minute)
-	for !strings.Contains(r.stdout.String(), "-- Step 4/15") {
+	for !strings.Contains(r.stdout.String(), "-- Step 4/16") {
 		if time.Now().After(deadline) {
 			t.Fatalf("step 4 did not start:\n%s", r.stdout.String())
 		}
