@@ -48,9 +48,15 @@ func parseRelease(release string) (major, minor int, ok bool) {
 	if end < 0 {
 		end = len(rest)
 	}
+	digits := func(s string) bool {
+		return s != "" && strings.Trim(s, "0123456789") == ""
+	}
+	if !digits(a) || !digits(rest[:end]) { // Atoi alone takes "-1" and "+6"
+		return 0, 0, false
+	}
 	maj, err1 := strconv.Atoi(a)
 	mnr, err2 := strconv.Atoi(rest[:end])
-	if err1 != nil || err2 != nil || end == 0 {
+	if err1 != nil || err2 != nil {
 		return 0, 0, false
 	}
 	return maj, mnr, true

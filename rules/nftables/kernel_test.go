@@ -17,6 +17,9 @@ func TestCheckRelease(t *testing.T) {
 		{"garbage", false},
 		{"6.", false},
 		{"", false},
+		{"-1.0", false},
+		{"+7.0", false},
+		{"99999999999999999999.1", false},
 	} {
 		if err := checkRelease(tc.release); (err == nil) != tc.ok {
 			t.Errorf("checkRelease(%q) = %v, want ok=%v", tc.release, err, tc.ok)
@@ -25,7 +28,7 @@ func TestCheckRelease(t *testing.T) {
 }
 
 func FuzzParseRelease(f *testing.F) {
-	for _, s := range []string{"6.18.44-fc-v669", "6.3.0", "6.1.0-18-amd64", "5.15", "garbage", "6.", ""} {
+	for _, s := range []string{"6.18.44-fc-v669", "6.3.0", "6.1.0-18-amd64", "5.15", "garbage", "6.", "", "-1.0"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
