@@ -206,7 +206,7 @@ func (d *daemon) build(ctx context.Context) error {
 	d.proxy.Reload(limitsOf(c))
 	switch c.Mode {
 	case ModeGateway:
-		d.proxy.Upstream = originalDst
+		d.proxy.Upstream = originalDst(newLocalAddrs(ctx, d.log))
 		d.proxy.Transparent = true
 		d.proxy.Planner = &nat.Gateway{Pool: d.pool}
 	case ModeReverse:

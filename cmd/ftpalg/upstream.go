@@ -10,42 +10,28 @@ import (
 	"github.com/ftpalg/ftpalg/nat"
 )
 
-// originalDst is the gateway's Upstream: the destination the client dialled
-// before the firewall redirected it. A connection made to the listener
-// directly is refused (proxying it would make an open relay or a loop), and
-// so is one to the router itself: the proxy's own connection would reach
-// local services that the INPUT policy keeps from the client.
-func originalDst(c net.Conn) (netip.AddrPort, error) {
-	dst, err := nat.OriginalDst(c)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
-	if dst.Addr() == local.Addr().Unmap() && dst.Port() == local.Port() {
-		return netip.AddrPort{}, errors.New("connection was not intercepted (dialled the listener itself)")
-	}
-	if isLocal(dst.Addr()) {
-		return netip.AddrPort{}, fmt.Errorf("destination %s is this router itself", dst)
-	}
-	return dst, nil
-}
-
-// isLocal reports whether a is an address of this host.
-func isLocal(a netip.Addr) bool {
-	if a.IsLoopback() || a.IsUnspecified() {
-		return true
-	}
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return false
-	}
-	for _, ia := range addrs {
-		if p, err := netip.ParsePrefix(ia.String()); err == nil && p.Addr().Unmap() == a {
-			return true
+// originalDst returns the gateway's Upstream: the destination the client
+// dialled before the firewall redirected it. A connection made to the
+// listener directly is refused (proxying it would make an open relay or a
+// loop), and so is one to the router itself (local tells its addresses):
+// the proxy's own connection would reach local services that the INPUT
+// policy keeps from the client.
+func originalDst(local *localAddrs) func(c net.Conn) (netip.AddrPort, error) {
+	return func(c net.Conn) (netip.AddrPort, error) {
+		dst, err := nat.OriginalDst(c)
+		if err != nil {
+			return netip.AddrPort{}, err
 		}
+		dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+		la := c.LocalAddr().(*net.TCPAddr).AddrPort()
+		if dst.Addr() == la.Addr().Unmap() && dst.Port() == la.Port() {
+			return netip.AddrPort{}, errors.New("connection was not intercepted (dialled the listener itself)")
+		}
+		if a := dst.Addr(); a.IsLoopback() || a.IsUnspecified() || local.has(a) {
+			return netip.AddrPort{}, fmt.Errorf("destination %s is this router itself", dst)
+		}
+		return dst, nil
 	}
-	return false
 }
 
 // resolveUpstream resolves HOST:PORT once, at start.
