@@ -70,7 +70,9 @@
 // buffer and peeked at without allocating; only a NEW event whose addresses
 // a pending expectation matches, and UPDATE and DESTROY events of tracked
 // flows (by conntrack id), are decoded and queued. A close costs one lookup
-// of the entry.
+// of the entry, for its counters and start time; none when neither
+// nf_conntrack_acct nor nf_conntrack_timestamp is on (it would read
+// nothing the event did not say).
 //
 // A NEW event takes its expectation as it is read, not when it is
 // dispatched: the flow has used the pinhole then, so a Forget that comes

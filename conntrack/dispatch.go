@@ -68,14 +68,15 @@ func (w *Watcher) dispatch(it item, items <-chan item) {
 }
 
 // closed handles an UPDATE event that closed a flow at at: a tracked flow
-// ends then, with the counters read from its entry. If the entry is gone
-// already (or the lookup fails), the DESTROY event completes the end.
+// ends then, with the counters read from its entry (no lookup when the
+// kernel keeps none: see kernelExtras). If the entry is gone already (or
+// the lookup fails), the DESTROY event completes the end.
 func (w *Watcher) closed(s snapshot, at time.Time) {
 	f, ok := w.t.observeClose(s, at)
 	if !ok {
 		return
 	}
-	if !s.counted {
+	if !s.counted && (w.extras == nil || w.extras.on()) {
 		got, err := w.lookup(f)
 		if err != nil {
 			w.log.Debug("conntrack: no counters at the close, waiting for the flow's end",

@@ -70,6 +70,9 @@ type Watcher struct {
 	// lookup reads the conntrack entry of a flow; it fails with ENOENT when
 	// there is none. It uses query; tests replace it.
 	lookup func(Flow) (snapshot, error)
+	// extras, if set, says whether a lookup at a close can add counters or
+	// a start time to the event (see kernelExtras); nil: it can.
+	extras *kernelExtras
 	// dump reads the whole conntrack table, for a resynchronization. It
 	// uses query; tests replace it.
 	dump func() ([]ct.Flow, error)
@@ -116,6 +119,7 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 		return nil, fmt.Errorf("opening conntrack query socket: %w", err)
 	}
 	w.lookup = w.get
+	w.extras = openKernelExtras()
 	w.dump = func() ([]ct.Flow, error) { return w.query.Dump(nil) }
 	return w, nil
 }
@@ -214,6 +218,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 		return errors.New("conntrack: Watcher.Run called more than once")
 	}
 	defer w.query.Close()
+	if w.extras != nil {
+		defer w.extras.close()
+	}
 
 	items := make(chan item, w.buffer)
 	readErr := make(chan error, 1)
