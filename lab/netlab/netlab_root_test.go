@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -146,6 +147,15 @@ func TestCreateWireRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.Remove(lock) })
+	// The status socket a killed ftpalg leaves beside its lock.
+	sock := strings.TrimSuffix(lock, ".lock") + ".sock"
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	t.Cleanup(func() { os.Remove(sock) })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := Remove(ctx, out.Name); err != nil {
@@ -161,6 +171,9 @@ func TestCreateWireRemove(t *testing.T) {
 	}
 	if _, err := os.Stat(lock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("lock file %s still there: %v", lock, err)
+	}
+	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("status socket %s still there: %v", sock, err)
 	}
 	if err := Remove(ctx, out.Name); err != nil {
 		t.Errorf("removing a missing namespace: %v", err)

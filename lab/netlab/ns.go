@@ -362,6 +362,14 @@ func removeFirewallLock(ino uint64) error {
 	if unix.Fstat(int(f.Fd()), &held) != nil || unix.Stat(path, &now) != nil || held.Ino != now.Ino {
 		return nil // replaced meanwhile: not ours to remove
 	}
+	// The status socket beside the lock (cmd/ftpalg/status.go), only if it
+	// is a socket: a killed ftpalg leaves it too.
+	sock := strings.TrimSuffix(path, ".lock") + ".sock"
+	if st, err := os.Lstat(sock); err == nil && st.Mode()&os.ModeSocket != 0 {
+		if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("removing %s: %w", sock, err)
+		}
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing %s: %w", path, err)
 	}
