@@ -6,13 +6,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
-)
 
-// ifaceRE is what Intercept accepts as an interface name (iptables -i, so a
-// trailing "+" is a wildcard).
-var ifaceRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.@-]*\+?$`)
+	"github.com/ftpalg/ftpalg/rules"
+)
 
 // Intercept sends new TCP connections to port 21 that arrive on one of
 // ifaces to the local listener on listenPort, for IPv4 and IPv6:
@@ -24,16 +21,8 @@ var ifaceRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.@-]*\+?$`)
 // call replaces the rules of the earlier one. It is all-or-nothing, and
 // Setup must have run.
 func (t *Backend) Intercept(ctx context.Context, ifaces []string, listenPort uint16) error {
-	if len(ifaces) == 0 {
-		return errors.New("intercepting FTP: no interfaces")
-	}
-	if listenPort == 0 {
-		return errors.New("intercepting FTP: listen port 0")
-	}
-	for _, ifc := range ifaces {
-		if len(ifc) > 15 || !ifaceRE.MatchString(ifc) {
-			return fmt.Errorf("intercepting FTP: invalid interface name %q", ifc)
-		}
+	if err := rules.CheckIntercept(ifaces, listenPort); err != nil {
+		return err
 	}
 	t.life.Lock()
 	defer t.life.Unlock()

@@ -8,17 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"slices"
 
+	"github.com/ftpalg/ftpalg/rules"
 	nft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 )
-
-// ifaceRE is what Intercept accepts as an interface name (a trailing "+"
-// is a wildcard, as with iptables -i).
-var ifaceRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.@-]*\+?$`)
 
 // Intercept sends new TCP connections to port 21 that arrive on one of
 // ifaces to the local listener on listenPort, for IPv4 and IPv6, and marks
@@ -28,16 +24,8 @@ var ifaceRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.@-]*\+?$`)
 //
 // A later call replaces the rules of the earlier one. Setup must have run.
 func (b *Backend) Intercept(ctx context.Context, ifaces []string, listenPort uint16) error {
-	if len(ifaces) == 0 {
-		return errors.New("intercepting FTP: no interfaces")
-	}
-	if listenPort == 0 {
-		return errors.New("intercepting FTP: listen port 0")
-	}
-	for _, ifc := range ifaces {
-		if len(ifc) > 15 || !ifaceRE.MatchString(ifc) {
-			return fmt.Errorf("intercepting FTP: invalid interface name %q", ifc)
-		}
+	if err := rules.CheckIntercept(ifaces, listenPort); err != nil {
+		return err
 	}
 	var uniq []string
 	for _, ifc := range ifaces {
