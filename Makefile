@@ -34,14 +34,9 @@ unit:
 deps:
 	bash test/install-peers.sh
 
-# Every fuzz target for FUZZTIME (go test allows one target per run).
+# Every fuzz target for FUZZTIME (test/fuzz.sh: one target per go test run).
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "== $$pkg $$f ($(FUZZTIME))"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
-	  done; \
-	done
+	GO="$(GO)" FUZZTIME="$(FUZZTIME)" bash test/fuzz.sh
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
