@@ -12,7 +12,7 @@ import (
 // TestReloadDuringStart: a SIGHUP that arrives while ftpalg starts is
 // neither fatal nor dropped: the reload runs once ftpalg serves.
 func TestReloadDuringStart(t *testing.T) {
-	var logs syncBuilder
+	var logs syncBuffer
 	d := &daemon{log: slog.New(slog.NewTextHandler(&logs, nil)), met: newMetrics(), serving: make(chan struct{})}
 	stop := d.handleSignals(func() {})
 	defer stop()

@@ -8,9 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,7 +30,7 @@ func TestSystemdUnitVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	bin := buildFtpalg(t, dir)
+	bin := ftpalgBinary(t)
 	text := strings.ReplaceAll(string(unit), "/usr/bin/ftpalg", bin)
 	path := filepath.Join(dir, "ftpalg.service")
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
@@ -88,23 +86,13 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	}
 }
 
-func buildFtpalg(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "ftpalg")
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if out, err := exec.Command(goBin, "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("building: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // TestSdNotify runs ftpalg (reverse mode, relay backend: no privilege
 // needed) as systemd would, with NOTIFY_SOCKET and WATCHDOG_USEC: READY=1
 // comes once the listener accepts, watchdog pings follow, STOPPING=1 on
 // SIGTERM.
 func TestSdNotify(t *testing.T) {
 	dir := t.TempDir()
-	bin := buildFtpalg(t, dir)
+	bin := ftpalgBinary(t)
 	sock := filepath.Join(dir, "notify")
 	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
@@ -174,7 +162,7 @@ func TestPreflight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := buildFtpalg(t, t.TempDir())
+	bin := ftpalgBinary(t)
 	out, err := exec.Command(setpriv, "--bounding-set", "-net_admin", "--inh-caps", "-net_admin",
 		bin, "run", "--mode", "gateway", "--intercept", "lo", "--status-socket", "off").CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || strings.Count(string(out), "\n") != 1 ||
@@ -191,7 +179,7 @@ func TestPreflight(t *testing.T) {
 // here), the second ends it: the client still gets 421, ftpalg exits 0.
 // JSON logs give every duration in seconds, as a number.
 func TestSecondSignalCutsDrain(t *testing.T) {
-	bin := buildFtpalg(t, t.TempDir())
+	bin := ftpalgBinary(t)
 	up, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +200,7 @@ func TestSecondSignalCutsDrain(t *testing.T) {
 	l.Close()
 	cmd := exec.Command(bin, "run", "--mode", "reverse", "--backend", "relay", "--listen", addr,
 		"--upstream", up.Addr().String(), "--status-socket", "off", "--drain", "1h", "--log-format", "json")
-	var logs syncBuilder
+	var logs syncBuffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -271,22 +259,4 @@ func TestSecondSignalCutsDrain(t *testing.T) {
 			}
 		}
 	}
-}
-
-// syncBuilder is a strings.Builder safe for a writer and a reader.
-type syncBuilder struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuilder) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuilder) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
